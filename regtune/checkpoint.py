@@ -1,0 +1,64 @@
+"""Checkpoints: the typed config and the weights, loadable with ``weights_only=True``.
+
+A checkpoint is a plain dict of Python scalars, lists, dicts and tensors, never a
+pickled object, so ``torch.load(path, weights_only=True)`` reads it safely anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import CheckpointError, ConfigError
+from .model import RegNet
+
+FORMAT = "regtune-checkpoint-v1"
+
+
+@dataclass
+class Checkpoint:
+    config: Config
+    state_dict: dict[str, torch.Tensor]
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, device: torch.device | str = "cpu") -> RegNet:
+        net = RegNet(self.config.model)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+
+def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch: int,
+                    metrics: dict[str, float] | None = None, **extra: Any) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "epoch": int(epoch), "metrics": {k: float(v) for k, v in (metrics or {}).items()}, **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a regtune checkpoint (no '{FORMAT}' marker)")
+    try:
+        cfg = Config.from_dict(blob["config"], source=f"{path} config")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    extra = {k: v for k, v in blob.items() if k not in ("format", "config", "state_dict", "epoch", "metrics")}
+    return Checkpoint(cfg, blob["state_dict"], blob.get("epoch", 0), blob.get("metrics", {}), extra)

@@ -1,0 +1,284 @@
+"""The one typed, frozen configuration of a registration training run.
+
+A :class:`Config` is built once (from defaults, a YAML file, ``key=value`` overrides
+or a flat dict such as a search trial's), validated in ``__post_init__`` and then
+passed around read-only. Every key a user can write is a dotted field path, e.g.
+``train.lr`` or ``loss.similarity``; an unknown key or a bad value raises
+:class:`~regtune.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+SIMILARITIES = ("ncc", "mse", "mi")
+REGULARISERS = ("diffusion", "bending")
+PAIR_MODES = ("random", "all")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the volumes come from and how they are prepared.
+
+    root: a Learn2Reg-layout folder (``imagesTr/``, ``labelsTr/``); ``None`` means the
+        embedded synthetic phantom dataset, generated on first use.
+    downsample: training resolution factor (1 = full 64^3, 2 = 32^3). Evaluation always
+        upsamples the field and scores at full resolution.
+    val_subjects: number of subjects held out for validation (subject-level split).
+    val_pairs: number of fixed validation pairs drawn among the validation subjects.
+    split_seed: seed of the subject split and of the validation pair list.
+    clip_low / clip_high: per-image percentiles clipped before rescaling to [0, 1].
+    mask_padding: set the replicated edge padding around the real crop to 0.
+    pairs: ``random`` draws fresh pairs each step; ``all`` walks the all-vs-all list.
+    use_unlabelled: also train on ``imagesTs/`` images (unsupervised terms only).
+    labels: the foreground label values scored and used by the Dice loss; any other
+        value in a label map is reported and mapped to background.
+    """
+
+    root: str | None = None
+    downsample: int = 2
+    val_subjects: int = 20
+    val_pairs: int = 40
+    split_seed: int = 0
+    clip_low: float = 1.0
+    clip_high: float = 99.0
+    mask_padding: bool = False
+    pairs: str = "random"
+    use_unlabelled: bool = False
+    labels: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        _check(self.downsample in (1, 2, 4), "data.downsample", f"must be 1, 2 or 4, got {self.downsample}")
+        _check(self.val_subjects >= 2, "data.val_subjects", f"must be >= 2, got {self.val_subjects}")
+        _check(self.val_pairs >= 1, "data.val_pairs", f"must be >= 1, got {self.val_pairs}")
+        _check(0 <= self.clip_low < self.clip_high <= 100, "data.clip_low/clip_high",
+               f"need 0 <= clip_low < clip_high <= 100, got {self.clip_low}, {self.clip_high}")
+        _check(len(self.labels) >= 1 and all(v > 0 for v in self.labels) and len(set(self.labels)) == len(self.labels),
+               "data.labels", f"need distinct positive label values, got {self.labels}")
+        _check(self.pairs in PAIR_MODES, "data.pairs", f"must be one of {PAIR_MODES}, got {self.pairs!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """VoxelMorph-style U-Net. ``int_steps`` > 0 makes it diffeomorphic
+    (scaling-and-squaring integration of a stationary velocity field)."""
+
+    enc: tuple[int, ...] = (16, 32, 32, 32)
+    dec: tuple[int, ...] = (32, 32, 32, 32, 32, 16, 16)
+    int_steps: int = 7
+
+    def __post_init__(self) -> None:
+        _check(len(self.enc) >= 1 and all(c > 0 for c in self.enc), "model.enc", f"need positive widths, got {self.enc}")
+        _check(len(self.dec) >= len(self.enc) and all(c > 0 for c in self.dec), "model.dec",
+               f"need at least len(enc)={len(self.enc)} positive widths, got {self.dec}")
+        _check(0 <= self.int_steps <= 12, "model.int_steps", f"must be in [0, 12], got {self.int_steps}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """loss = sim_weight * similarity + reg_weight * regulariser + dice_weight * (1 - Dice)."""
+
+    similarity: str = "ncc"
+    sim_weight: float = 1.0
+    ncc_window: int = 9
+    mi_bins: int = 32
+    regulariser: str = "diffusion"
+    reg_weight: float = 1.0
+    dice_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.similarity in SIMILARITIES, "loss.similarity", f"must be one of {SIMILARITIES}, got {self.similarity!r}")
+        _check(self.regulariser in REGULARISERS, "loss.regulariser", f"must be one of {REGULARISERS}, got {self.regulariser!r}")
+        _check(self.ncc_window >= 3 and self.ncc_window % 2 == 1, "loss.ncc_window", f"must be an odd int >= 3, got {self.ncc_window}")
+        _check(4 <= self.mi_bins <= 256, "loss.mi_bins", f"must be in [4, 256], got {self.mi_bins}")
+        for k in ("sim_weight", "reg_weight", "dice_weight"):
+            v = getattr(self, k)
+            _check(math.isfinite(v) and v >= 0, f"loss.{k}", f"must be a finite number >= 0, got {v}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget and divergence guards.
+
+    steps_per_epoch: optimiser steps between validations.
+    max_minutes: wall-clock budget (0 = none); training stops after the epoch that crosses it.
+    grad_clip: max global gradient norm (0 = off).
+    rising_patience: stop as ``diverged_rising`` after this many consecutive epochs whose
+        mean training loss is above the best so far by ``rising_tolerance`` (relative).
+    collapse_intensity: stop as ``collapsed`` when the mean warped intensity falls below
+        this fraction of the mean moving intensity.
+    collapse_outside: stop as ``collapsed`` when more than this fraction of sample points
+        fall outside the volume.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 4
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    grad_clip: float = 10.0
+    amp: bool = False
+    channels_last: bool = True
+    seed: int = 0
+    max_minutes: float = 0.0
+    rising_patience: int = 3
+    rising_tolerance: float = 0.05
+    collapse_intensity: float = 0.5
+    collapse_outside: float = 0.25
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.lr) and 0 < self.lr <= 10, "train.lr", f"must be in (0, 10], got {self.lr}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0 (0 = no limit), got {self.max_minutes}")
+        _check(self.rising_patience >= 1, "train.rising_patience", f"must be >= 1, got {self.rising_patience}")
+        _check(0 < self.collapse_intensity < 1, "train.collapse_intensity", f"must be in (0, 1), got {self.collapse_intensity}")
+        _check(0 < self.collapse_outside <= 1, "train.collapse_outside", f"must be in (0, 1], got {self.collapse_outside}")
+        _check(self.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- conversion -------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested dict of plain Python values (safe for ``torch.load(weights_only=True)``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for sect in fields(self):
+            sub = getattr(self, sect.name)
+            out[sect.name] = {f.name: (list(v) if isinstance(v := getattr(sub, f.name), tuple) else v)
+                              for f in fields(sub)}
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 1e-3, ...}``: one entry per leaf field."""
+        return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "Config":
+        """Build from a nested dict (``{"train": {"lr": ...}}``); unknown keys raise."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+        flat: dict[str, Any] = {}
+        for sect, sub in d.items():
+            if sect not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section '{sect}' (known: {', '.join(SECTIONS)})")
+            if sub is None:
+                continue
+            if not isinstance(sub, Mapping):
+                raise ConfigError(f"{source}: section '{sect}' must be a mapping, got {type(sub).__name__}")
+            for k, v in sub.items():
+                flat[f"{sect}.{k}"] = v
+        return cls().with_values(flat, source=source)
+
+    def with_values(self, values: Mapping[str, Any], source: str = "config") -> "Config":
+        """A copy with dotted keys replaced; values are coerced to the field's type."""
+        per_sect: dict[str, dict[str, Any]] = {}
+        for key, raw in values.items():
+            sect, _, name = key.partition(".")
+            if sect not in SECTIONS or not name:
+                raise ConfigError(f"{source}: unknown key '{key}' (keys look like train.lr; sections: {', '.join(SECTIONS)})")
+            ftypes = {f.name: f for f in fields(SECTIONS[sect])}
+            if name not in ftypes:
+                raise ConfigError(f"{source}: unknown key '{key}' (known in '{sect}': {', '.join(ftypes)})")
+            per_sect.setdefault(sect, {})[name] = _coerce(raw, getattr(getattr(self, sect), name), key, source)
+        try:
+            return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **kv) for s, kv in per_sect.items()})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":
+        """Defaults, then a YAML file, then ``key=value`` overrides."""
+        cfg = cls()
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"{p}: config file not found")
+            try:
+                doc = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            cfg = cls.from_dict(doc, source=str(p))
+        if overrides:
+            vals = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+                k, v = item.split("=", 1)
+                vals[k.strip()] = yaml.safe_load(v)
+            cfg = cfg.with_values(vals, source="--set")
+        return cfg
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+
+
+def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
+    """Coerce ``raw`` to the type of the field's current value, or raise ConfigError."""
+    def bad(expect: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' must be {expect}, got {raw!r}")
+
+    if key == "data.root":
+        if raw is None or raw == "" or str(raw).lower() in ("none", "synthetic"):
+            return None
+        return str(raw)
+    if isinstance(current, bool):
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return raw.lower() in ("true", "yes", "1")
+        raise bad("true or false")
+    if isinstance(current, int):
+        if isinstance(raw, bool):
+            raise bad("an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if isinstance(current, float):
+        if isinstance(raw, bool):
+            raise bad("a number")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if isinstance(current, tuple):
+        if isinstance(raw, str):
+            raw = [x for x in raw.replace(",", " ").split()]
+        if not isinstance(raw, (list, tuple)):
+            raise bad("a list of integers")
+        try:
+            return tuple(int(x) for x in raw)
+        except (TypeError, ValueError):
+            raise bad("a list of integers") from None
+    if isinstance(current, str):
+        if not isinstance(raw, str):
+            raise bad("a string")
+        return raw
+    raise bad(type(current).__name__)  # pragma: no cover

@@ -1,0 +1,6 @@
+"""Network and spatial transformer (plain torch)."""
+
+from .transform import downsample_image, integrate_velocity, outside_fraction, upsample_field, warp
+from .unet import RegNet, predict_field
+
+__all__ = ["RegNet", "predict_field", "warp", "integrate_velocity", "upsample_field", "downsample_image", "outside_fraction"]

@@ -1,0 +1,87 @@
+"""The one spatial transformer regtune uses everywhere.
+
+Convention (the Learn2Reg one): a displacement ``u`` has shape (B, 3, X, Y, Z), is in
+**voxel units**, channel c moves along array axis c (dim 2 + c of the image), lives on
+the fixed grid, and warping means ``warped(x) = moving(x + u(x))``.
+
+``torch.nn.functional.grid_sample`` wants normalised coordinates in [-1, 1] ordered
+(last, middle, first) array axis; with ``align_corners=True`` index i maps to
+``2 i / (n - 1) - 1``. Those two conversions happen here and nowhere else; getting
+either wrong is the classic cause of black warps.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_pair(img: torch.Tensor, disp: torch.Tensor) -> None:
+    if img.ndim != 5 or disp.ndim != 5 or disp.shape[1] != 3:
+        raise ValueError(f"warp expects img (B, C, X, Y, Z) and disp (B, 3, X, Y, Z), got {tuple(img.shape)} and {tuple(disp.shape)}")
+    if img.shape[2:] != disp.shape[2:] or img.shape[0] != disp.shape[0]:
+        raise ValueError(f"warp: img {tuple(img.shape)} and disp {tuple(disp.shape)} disagree in batch or spatial size")
+
+
+@functools.lru_cache(maxsize=16)
+def _identity(shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised identity grid (1, X, Y, Z, 3) in grid_sample order, and the per-channel
+    factor 2 / (n - 1) that turns voxel displacements into normalised ones."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+            for n in shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")  # mesh[c] varies along array axis c
+    grid = torch.stack(mesh[::-1], dim=-1).unsqueeze(0)  # grid_sample order: (z, y, x) -> (W, H, D)
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
+    return grid, scale
+
+
+def warp(img: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
+    """Warp ``img`` (B, C, X, Y, Z) with voxel displacement ``disp`` (B, 3, X, Y, Z).
+
+    ``mode``: "bilinear" (trilinear in 3D) or "nearest" (labels). ``padding_mode``
+    "border" repeats the edge voxel for samples outside the volume (the hippocampus
+    crops are edge-padded, so this is what the data itself does); "zeros" returns 0.
+    """
+    _check_pair(img, disp)
+    grid, scale = _identity(tuple(disp.shape[2:]), disp.device, disp.dtype)
+    # (B, 3, X, Y, Z) -> (B, X, Y, Z, 3), scaled, channel order reversed for grid_sample
+    d = (disp.permute(0, 2, 3, 4, 1) * scale).flip(-1)
+    return F.grid_sample(img.to(disp.dtype) if img.dtype != disp.dtype else img, grid + d,
+                         mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def outside_fraction(disp: torch.Tensor) -> torch.Tensor:
+    """Fraction (per batch item) of sample points ``x + u(x)`` outside the volume."""
+    out = torch.zeros(disp.shape[0], *disp.shape[2:], dtype=torch.bool, device=disp.device)
+    for c, n in enumerate(disp.shape[2:]):
+        shape = [1, 1, 1]
+        shape[c] = n
+        pos = torch.arange(n, device=disp.device, dtype=disp.dtype).view(1, *shape) + disp[:, c]
+        out |= (pos < -0.5) | (pos > n - 0.5)
+    return out.flatten(1).float().mean(1)
+
+
+def integrate_velocity(vel: torch.Tensor, steps: int) -> torch.Tensor:
+    """Scaling and squaring: the displacement of exp(vel) with ``steps`` squarings."""
+    disp = vel / (2 ** steps)
+    for _ in range(steps):
+        disp = disp + warp(disp, disp)
+    return disp
+
+
+def downsample_image(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool by ``factor``: small voxel k covers full voxels [f k, f k + f)."""
+    return img if factor == 1 else F.avg_pool3d(img, factor)
+
+
+def upsample_field(disp: torch.Tensor, factor: int, size: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Voxel displacement on the ``factor``-times coarser grid -> full grid.
+
+    Geometry matches :func:`downsample_image` (``align_corners=False``) and the values
+    are multiplied by ``factor`` because a coarse voxel is ``factor`` full voxels.
+    """
+    if factor == 1:
+        return disp
+    return F.interpolate(disp * factor, size=size, scale_factor=None if size else factor, mode="trilinear", align_corners=False)

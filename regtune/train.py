@@ -1,0 +1,270 @@
+"""The training loop: Adam on random (or all-vs-all) pairs, per-epoch validation at
+full resolution, divergence guards, best/last checkpoints and a per-epoch hook.
+
+Statuses a run ends with (``TrainResult.status``):
+
+- ``completed``: all epochs ran (or the wall-clock budget ended it);
+- ``diverged_nan``: a NaN/inf loss or gradient norm;
+- ``diverged_rising``: the epoch training loss stayed above its best for
+  ``train.rising_patience`` epochs in a row;
+- ``collapsed``: the warped images lost their intensity (the "black warp") or the field
+  sent too many sample points outside the volume;
+- ``stopped``: the epoch hook asked to stop (e.g. a study's early-stopping scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data.dataset import Volumes
+from .data.pairs import Pair, PairSampler, Split, sample_pairs, split_subjects
+from .evaluate import evaluate_pairs, summarise
+from .losses import total_loss
+from .model import RegNet, downsample_image, outside_fraction, warp
+
+STATUSES = ("completed", "diverged_nan", "diverged_rising", "collapsed", "stopped")
+
+
+class StopTraining(Exception):
+    """Raise from an epoch hook to end training with status ``stopped``."""
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced; passed to the hook and kept in the history."""
+
+    epoch: int
+    step: int
+    seconds: float
+    metrics: dict[str, float]  # train_* and val_* numbers
+    status: str  # "running" or a final status
+    reason: str
+    is_best: bool
+    checkpoint_dir: Path
+
+    def record(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "status": self.status, **self.metrics}
+
+
+@dataclass
+class TrainResult:
+    status: str
+    reason: str
+    epochs: int
+    best_epoch: int
+    best_val_dice: float
+    history: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        p = self.out_dir / "best.pt" if self.out_dir else None
+        return p if p is not None and p.is_file() else None
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Prepared:
+    """Training-resolution tensors on the device, made once."""
+
+    def __init__(self, cfg: Config, vols: Volumes, device: torch.device):
+        ds = cfg.data.downsample
+        self.images = downsample_image(vols.images, ds).to(device)
+        onehot = vols.onehot(list(range(len(vols))))
+        self.onehot = downsample_image(onehot, ds).to(device) if cfg.loss.dice_weight > 0 else None
+        self.labelled = vols.labelled.to(device)
+        if cfg.train.channels_last:
+            self.images = self.images.contiguous(memory_format=torch.channels_last_3d)
+
+
+def _validate(cfg: Config, model: RegNet, vols: Volumes, prep: _Prepared, val_pairs: list[Pair], device: torch.device) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        rows = evaluate_pairs(model, vols, val_pairs, cfg.data.downsample, device, batch_size=cfg.train.batch_size,
+                              channels_last=cfg.train.channels_last)
+        # loss terms on the validation pairs at training resolution
+        terms = []
+        for i in range(0, len(val_pairs), cfg.train.batch_size):
+            chunk = val_pairs[i: i + cfg.train.batch_size]
+            f = torch.tensor([p[0] for p in chunk], device=device)
+            m = torch.tensor([p[1] for p in chunk], device=device)
+            terms.append(_loss(cfg, model, prep, f, m)[0].items())
+    model.train()
+    s = summarise(rows)
+    out = {f"val_{k}": s[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "warped_intensity", "moving_intensity", "outside_pct")}
+    out["val_dice_std"] = s["dice_std"]
+    for k in terms[0]:
+        out[f"val_{k}"] = float(np.mean([t[k] for t in terms]))
+    return out
+
+
+def _loss(cfg: Config, model: RegNet, prep: _Prepared, f: torch.Tensor, m: torch.Tensor):
+    fixed, moving = prep.images[f], prep.images[m]
+    disp = model(moving, fixed)
+    warped = warp(moving, disp)
+    fo = wo = mask = None
+    if prep.onehot is not None:
+        fo = prep.onehot[f]
+        wo = warp(prep.onehot[m], disp)
+        mask = prep.labelled[f] & prep.labelled[m]
+    return total_loss(cfg.loss, fixed, warped, disp, fo, wo, mask), disp
+
+
+def no_registration_baseline(vols: Volumes, pairs: list[Pair]) -> dict[str, float]:
+    return summarise(evaluate_pairs(None, vols, pairs))
+
+
+def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device | str = "cpu",
+          on_epoch: Callable[[EpochResult], None] | None = None, resume: str | Path | None = None,
+          progress: bool = True, split: Split | None = None) -> TrainResult:
+    """Train a registration network on ``vols``; checkpoints and history go to ``out_dir``.
+
+    out_dir gets ``best.pt`` (best val Dice), ``last.pt`` (with optimizer state, for
+    resuming), ``history.jsonl`` (one line per epoch) and ``split.json``.
+    ``resume``: a ``last.pt`` to continue from (model, optimizer, epoch, history, RNG).
+    """
+    device = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+
+    split = split or split_subjects(vols, cfg.data.val_subjects, cfg.data.split_seed)
+    val_pairs = sample_pairs(split.val, cfg.data.val_pairs, cfg.data.split_seed)
+    (out / "split.json").write_text(json.dumps({"train": [vols.names[i] for i in split.train],
+                                                "val": [vols.names[i] for i in split.val],
+                                                "val_pairs": [[vols.names[f], vols.names[m]] for f, m in val_pairs]}, indent=1))
+    prep = _Prepared(cfg, vols, device)
+    model = RegNet(cfg.model).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    sampler = PairSampler(split.train, cfg.data.pairs, t.seed)
+    use_amp = t.amp and device.type == "cuda"
+
+    start_epoch, step, history = 0, 0, []
+    best_dice, best_epoch, best_loss, rising = -math.inf, -1, math.inf, 0
+    if resume is not None:
+        ck = load_checkpoint(resume)
+        model.load_state_dict(ck.state_dict)
+        opt.load_state_dict(ck.extra["optimizer"])
+        sampler.g.set_state(ck.extra["sampler_rng"])
+        torch.set_rng_state(ck.extra["torch_rng"])
+        st = ck.extra["state"]
+        start_epoch, step, history = ck.epoch, st["step"], list(ck.extra.get("history", []))
+        best_dice, best_epoch, best_loss, rising = st["best_dice"], st["best_epoch"], st["best_loss"], st["rising"]
+
+    t0 = time.monotonic()
+    budget = t.max_minutes * 60.0
+    status, reason = "completed", f"{t.epochs} epochs"
+    sync_every = 1 if device.type == "cpu" else 25
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        te = time.monotonic()
+        sums = {"loss": 0.0, "loss_sim": 0.0, "loss_reg": 0.0, "loss_dice": 0.0}
+        n_steps = 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=t.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", unit="step", leave=False)
+        for _ in range(t.steps_per_epoch):
+            f, m = sampler(t.batch_size)
+            f, m = f.to(device), m.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                terms, _ = _loss(cfg, model, prep, f, m)
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+            step += 1
+            n_steps += 1
+            if step % sync_every == 0 or n_steps == t.steps_per_epoch:
+                if not (torch.isfinite(terms.total) and torch.isfinite(gnorm)):
+                    status, reason = "diverged_nan", f"non-finite loss ({float(terms.total):.3g}) or gradient norm ({float(gnorm):.3g}) at step {step}"
+                    break
+            opt.step()
+            for k, v in terms.items().items():
+                sums[k] += v
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(terms.total):.4f}")
+                bar.update(1)
+            if budget and time.monotonic() - t0 > budget:
+                reason = f"wall-clock budget of {t.max_minutes:g} min reached"
+                break
+        if bar is not None:
+            bar.close()
+        train_m = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
+        train_m["lr"] = t.lr
+        if status == "diverged_nan":
+            rec = {"epoch": epoch, "step": step, "seconds": time.monotonic() - te, "status": status, **train_m}
+            history.append(rec)
+            break
+        val = _validate(cfg, model, vols, prep, val_pairs, device)
+        metrics = {**train_m, **val}
+        # ---- guards --------------------------------------------------------------
+        if not all(math.isfinite(val[k]) for k in ("val_loss", "val_dice")):
+            status, reason = "diverged_nan", "non-finite validation loss or Dice"
+        elif val["val_warped_intensity"] < t.collapse_intensity * val["val_moving_intensity"]:
+            status, reason = "collapsed", (f"mean warped intensity {val['val_warped_intensity']:.3f} fell below "
+                                           f"{t.collapse_intensity:g} x moving intensity {val['val_moving_intensity']:.3f} (black warp)")
+        elif val["val_outside_pct"] > 100 * t.collapse_outside:
+            status, reason = "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume"
+        else:
+            tl = train_m["train_loss"]
+            if tl < best_loss:
+                best_loss, rising = tl, 0
+            elif tl > best_loss + t.rising_tolerance * abs(best_loss):
+                rising += 1
+                if rising >= t.rising_patience:
+                    status, reason = "diverged_rising", (f"training loss {tl:.4g} above its best {best_loss:.4g} "
+                                                         f"for {rising} epochs")
+            else:
+                rising = 0
+        is_best = status in ("completed",) and val["val_dice"] > best_dice
+        if is_best:
+            best_dice, best_epoch = val["val_dice"], epoch
+            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics)
+        final = status != "completed" or epoch == t.epochs or reason.startswith("wall-clock")
+        rec = {"epoch": epoch, "step": step, "seconds": time.monotonic() - te,
+               "status": status if final else "running", **metrics}
+        history.append(rec)
+        state = {"step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_loss": best_loss, "rising": rising}
+        save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, optimizer=opt.state_dict(),
+                        sampler_rng=sampler.g.get_state(), torch_rng=torch.get_rng_state(), state=state, history=history,
+                        status=rec["status"])
+        with (out / "history.jsonl").open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        result = EpochResult(epoch, step, rec["seconds"], metrics, rec["status"], reason, is_best, out)
+        if on_epoch is not None:
+            try:
+                on_epoch(result)
+            except StopTraining as e:
+                status, reason = "stopped", str(e) or "stopped by the epoch hook"
+                history[-1]["status"] = status
+                break
+        if final:
+            break
+    if status == "diverged_nan" and history and history[-1].get("status") != status:
+        history[-1]["status"] = status
+    res = TrainResult(status, reason, epoch, best_epoch, best_dice, history, out)
+    (out / "result.json").write_text(json.dumps({"status": status, "reason": reason, "epochs": epoch,
+                                                 "best_epoch": best_epoch, "best_val_dice": best_dice}, indent=1))
+    return res
