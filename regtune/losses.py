@@ -20,10 +20,34 @@ def mse(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     return torch.mean((fixed - warped) ** 2)
 
 
+def _box_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Sum over a centred ``window`` along ``dim`` (zero outside), via a cumulative sum:
+    O(1) per voxel whatever the window."""
+    n, r = x.shape[dim], window // 2
+    pad = [0, 0] * (x.ndim - dim - 1) + [r + 1, r]
+    c = torch.cumsum(F.pad(x, pad), dim)
+    return c.narrow(dim, window, n) - c.narrow(dim, 0, n)
+
+
+def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over ``window``^3 boxes clipped at the volume edge (like
+    ``avg_pool3d(..., stride=1, count_include_pad=False)``), separable and fast."""
+    out = x
+    count = None
+    for dim in (2, 3, 4):
+        out = _box_sum(out, window, dim)
+        shape = [1] * x.ndim
+        shape[dim] = x.shape[dim]
+        ones = torch.ones(shape, device=x.device, dtype=x.dtype)
+        c = _box_sum(ones, window, dim)
+        count = c if count is None else count * c
+    return out / count
+
+
 def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = NCC_EPS) -> torch.Tensor:
     """Negative mean local normalised cross-correlation over ``window``^3 boxes.
 
-    Local means are box filters (one ``avg_pool3d`` over the five stacked moments);
+    Local means are separable box filters over the five stacked moments;
     variances are clamped at 0 before ``eps`` is added, so flat regions (constant
     padding) give cc = 0 instead of NaN. Range: [-1, 0].
     """
@@ -32,7 +56,7 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
     fixed, warped = fixed.float(), warped.float()
     b, c = fixed.shape[:2]
     stack = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
-    mom = F.avg_pool3d(stack, window, stride=1, padding=window // 2, count_include_pad=False)
+    mom = box_mean(stack, window)
     mu_f, mu_w, ff, ww, fw = mom.split(c, dim=1)
     var_f = (ff - mu_f * mu_f).clamp_min(0)
     var_w = (ww - mu_w * mu_w).clamp_min(0)

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, TrainConfig
 from .data.dataset import Volumes
 from .data.pairs import Pair, PairSampler, Split, sample_pairs, split_subjects
 from .evaluate import evaluate_pairs, summarise
 from .losses import total_loss
 from .model import RegNet, downsample_image, outside_fraction, warp
 
+VAL_KEYS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_warped_intensity", "val_moving_intensity",
+            "val_outside_pct", "val_dice_std", "val_loss", "val_loss_sim", "val_loss_reg", "val_loss_dice")
 STATUSES = ("completed", "diverged_nan", "diverged_rising", "collapsed", "stopped")
 
 
@@ -125,6 +127,38 @@ def _loss(cfg: Config, model: RegNet, prep: _Prepared, f: torch.Tensor, m: torch
     return total_loss(cfg.loss, fixed, warped, disp, fo, wo, mask), disp
 
 
+class DivergenceGuard:
+    """Decides after each epoch whether training has diverged or collapsed.
+
+    check(train_loss, val_metrics) -> (status, reason); status is "running" while fine.
+    """
+
+    def __init__(self, t: TrainConfig):
+        self.t = t
+        self.best_loss = math.inf
+        self.rising = 0
+
+    def check(self, train_loss: float, val: dict[str, float]) -> tuple[str, str]:
+        t = self.t
+        if not all(math.isfinite(val.get(k, math.nan)) for k in ("val_loss", "val_dice")) or not math.isfinite(train_loss):
+            return "diverged_nan", "non-finite training/validation loss or Dice"
+        if val["val_warped_intensity"] < t.collapse_intensity * val["val_moving_intensity"]:
+            return "collapsed", (f"mean warped intensity {val['val_warped_intensity']:.3f} fell below "
+                                 f"{t.collapse_intensity:g} x moving intensity {val['val_moving_intensity']:.3f} (black warp)")
+        if val["val_outside_pct"] > 100 * t.collapse_outside:
+            return "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume (field collapse)"
+        if train_loss < self.best_loss:
+            self.best_loss, self.rising = train_loss, 0
+        elif train_loss > self.best_loss + t.rising_tolerance * abs(self.best_loss):
+            self.rising += 1
+            if self.rising >= t.rising_patience:
+                return "diverged_rising", (f"training loss {train_loss:.4g} stayed above its best {self.best_loss:.4g} "
+                                           f"for {self.rising} epochs")
+        else:
+            self.rising = 0
+        return "running", ""
+
+
 def no_registration_baseline(vols: Volumes, pairs: list[Pair]) -> dict[str, float]:
     return summarise(evaluate_pairs(None, vols, pairs))
 
@@ -153,6 +187,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     (out / "split.json").write_text(json.dumps({"train": [vols.names[i] for i in split.train],
                                                 "val": [vols.names[i] for i in split.val],
                                                 "val_pairs": [[vols.names[f], vols.names[m]] for f, m in val_pairs]}, indent=1))
+    val_names = [[vols.names[f], vols.names[m]] for f, m in val_pairs]
     prep = _Prepared(cfg, vols, device)
     model = RegNet(cfg.model).to(device)
     if t.channels_last:
@@ -162,7 +197,8 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     use_amp = t.amp and device.type == "cuda"
 
     start_epoch, step, history = 0, 0, []
-    best_dice, best_epoch, best_loss, rising = -math.inf, -1, math.inf, 0
+    best_dice, best_epoch = -math.inf, -1
+    guard = DivergenceGuard(t)
     if resume is not None:
         ck = load_checkpoint(resume)
         model.load_state_dict(ck.state_dict)
@@ -171,7 +207,8 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         torch.set_rng_state(ck.extra["torch_rng"])
         st = ck.extra["state"]
         start_epoch, step, history = ck.epoch, st["step"], list(ck.extra.get("history", []))
-        best_dice, best_epoch, best_loss, rising = st["best_dice"], st["best_epoch"], st["best_loss"], st["rising"]
+        best_dice, best_epoch = st["best_dice"], st["best_epoch"]
+        guard.best_loss, guard.rising = st["best_loss"], st["rising"]
 
     t0 = time.monotonic()
     budget = t.max_minutes * 60.0
@@ -180,6 +217,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     epoch = start_epoch
     for epoch in range(start_epoch + 1, t.epochs + 1):
         te = time.monotonic()
+        budget_hit = False
         sums = {"loss": 0.0, "loss_sim": 0.0, "loss_reg": 0.0, "loss_dice": 0.0}
         n_steps = 0
         bar = None
@@ -207,49 +245,35 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                 bar.set_postfix(loss=f"{float(terms.total):.4f}")
                 bar.update(1)
             if budget and time.monotonic() - t0 > budget:
-                reason = f"wall-clock budget of {t.max_minutes:g} min reached"
+                budget_hit = True
                 break
         if bar is not None:
             bar.close()
         train_m = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
         train_m["lr"] = t.lr
         if status == "diverged_nan":
-            rec = {"epoch": epoch, "step": step, "seconds": time.monotonic() - te, "status": status, **train_m}
-            history.append(rec)
-            break
-        val = _validate(cfg, model, vols, prep, val_pairs, device)
-        metrics = {**train_m, **val}
-        # ---- guards --------------------------------------------------------------
-        if not all(math.isfinite(val[k]) for k in ("val_loss", "val_dice")):
-            status, reason = "diverged_nan", "non-finite validation loss or Dice"
-        elif val["val_warped_intensity"] < t.collapse_intensity * val["val_moving_intensity"]:
-            status, reason = "collapsed", (f"mean warped intensity {val['val_warped_intensity']:.3f} fell below "
-                                           f"{t.collapse_intensity:g} x moving intensity {val['val_moving_intensity']:.3f} (black warp)")
-        elif val["val_outside_pct"] > 100 * t.collapse_outside:
-            status, reason = "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume"
+            train_m["train_loss"] = math.nan
+            metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}}
         else:
-            tl = train_m["train_loss"]
-            if tl < best_loss:
-                best_loss, rising = tl, 0
-            elif tl > best_loss + t.rising_tolerance * abs(best_loss):
-                rising += 1
-                if rising >= t.rising_patience:
-                    status, reason = "diverged_rising", (f"training loss {tl:.4g} above its best {best_loss:.4g} "
-                                                         f"for {rising} epochs")
-            else:
-                rising = 0
-        is_best = status in ("completed",) and val["val_dice"] > best_dice
+            val = _validate(cfg, model, vols, prep, val_pairs, device)
+            metrics = {**train_m, **val}
+            status, reason = guard.check(train_m["train_loss"], val)
+            if status == "running":
+                status = "completed"
+                reason = f"wall-clock budget of {t.max_minutes:g} min reached" if budget_hit else f"{epoch} epochs"
+        is_best = status == "completed" and metrics["val_dice"] > best_dice
         if is_best:
-            best_dice, best_epoch = val["val_dice"], epoch
-            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics)
-        final = status != "completed" or epoch == t.epochs or reason.startswith("wall-clock")
+            best_dice, best_epoch = metrics["val_dice"], epoch
+            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names)
+        final = status != "completed" or epoch == t.epochs or budget_hit
         rec = {"epoch": epoch, "step": step, "seconds": time.monotonic() - te,
                "status": status if final else "running", **metrics}
         history.append(rec)
-        state = {"step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_loss": best_loss, "rising": rising}
-        save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, optimizer=opt.state_dict(),
-                        sampler_rng=sampler.g.get_state(), torch_rng=torch.get_rng_state(), state=state, history=history,
-                        status=rec["status"])
+        state = {"step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_loss": guard.best_loss, "rising": guard.rising}
+        if status != "diverged_nan":  # never keep NaN weights as the state to resume from
+            save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, optimizer=opt.state_dict(),
+                            sampler_rng=sampler.g.get_state(), torch_rng=torch.get_rng_state(), state=state,
+                            history=history, val_pairs=val_names, status=rec["status"])
         with (out / "history.jsonl").open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         result = EpochResult(epoch, step, rec["seconds"], metrics, rec["status"], reason, is_best, out)
@@ -262,8 +286,6 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                 break
         if final:
             break
-    if status == "diverged_nan" and history and history[-1].get("status") != status:
-        history[-1]["status"] = status
     res = TrainResult(status, reason, epoch, best_epoch, best_dice, history, out)
     (out / "result.json").write_text(json.dumps({"status": status, "reason": reason, "epochs": epoch,
                                                  "best_epoch": best_epoch, "best_val_dice": best_dice}, indent=1))

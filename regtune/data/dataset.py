@@ -138,9 +138,25 @@ def load_folder(root: str | Path, cfg: DataConfig, progress: bool = False) -> Vo
     for d in (img_dir, lab_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder missing; a Learn2Reg-layout folder has imagesTr/ and labelsTr/")
+    files = match_labels(img_dir, lab_dir)
+    if cfg.use_unlabelled and (root / "imagesTs").is_dir():
+        files += [(p, None) for p in list_nifti(root / "imagesTs")]
+    return load_files(files, cfg, progress=progress, desc=root.name)
+
+
+def match_labels(img_dir: Path, lab_dir: Path | None) -> list[tuple[Path, Path | None]]:
+    """Pair every image in ``img_dir`` with the same-named file in ``lab_dir``."""
+    img_dir = Path(img_dir)
+    if not img_dir.is_dir():
+        raise DataError(f"{img_dir}: image folder not found")
     images = list_nifti(img_dir)
-    if len(images) < 2:
-        raise DataError(f"{img_dir}: need at least 2 NIfTI images, found {len(images)}")
+    if not images:
+        raise DataError(f"{img_dir}: no NIfTI images (.nii.gz / .nii) found")
+    if lab_dir is None:
+        return [(p, None) for p in images]
+    lab_dir = Path(lab_dir)
+    if not lab_dir.is_dir():
+        raise DataError(f"{lab_dir}: label folder not found")
     label_files = {stem(p): p for p in list_nifti(lab_dir)}
     missing = [p.name for p in images if stem(p) not in label_files]
     if missing:
@@ -149,24 +165,30 @@ def load_folder(root: str | Path, cfg: DataConfig, progress: bool = False) -> Vo
     extra = sorted(set(label_files) - {stem(p) for p in images})
     if extra:
         raise DataError(f"{label_files[extra[0]]}: label map without an image in {img_dir} ({len(extra)} such); remove it or add the image")
-    unlabelled = list_nifti(root / "imagesTs") if cfg.use_unlabelled and (root / "imagesTs").is_dir() else []
+    return [(p, label_files[stem(p)]) for p in images]
 
+
+def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress: bool = False, desc: str = "volumes") -> Volumes:
+    """Load (image, label-or-None) file pairs into one :class:`Volumes`."""
+    if len(files) < 1:
+        raise DataError("no images to load")
     notes: list[str] = []
     names, imgs, labs, has_lab = [], [], [], []
     ref_shape = ref_aff = ref_spacing = None
-    paths = [(p, label_files[stem(p)]) for p in images] + [(p, None) for p in unlabelled]
-    it: Iterable = paths
+    it: Iterable = files
     if progress:
         from tqdm import tqdm
-        it = tqdm(paths, desc=f"loading {root.name}", unit="vol", leave=False)
+        it = tqdm(files, desc=f"loading {desc}", unit="vol", leave=False)
     for ipath, lpath in it:
+        ipath = Path(ipath)
         img, aff, spacing = _load_image(ipath, cfg, notes)
         if ref_shape is None:
             ref_shape, ref_aff, ref_spacing = img.shape, aff, spacing
         elif img.shape != ref_shape:
-            raise DataError(f"{ipath}: shape {img.shape} differs from {paths[0][0].name}'s {ref_shape}; "
+            raise DataError(f"{ipath}: shape {img.shape} differs from {Path(files[0][0]).name}'s {ref_shape}; "
                             f"resample all volumes to one grid first")
         if lpath is not None:
+            lpath = Path(lpath)
             lab, laff, _ = read_volume(lpath)
             if lab.shape != img.shape:
                 raise DataError(f"{lpath}: label shape {lab.shape} does not match image shape {img.shape} of {ipath.name}")
@@ -183,7 +205,8 @@ def load_folder(root: str | Path, cfg: DataConfig, progress: bool = False) -> Vo
         labs.append(lab)
         has_lab.append(lpath is not None)
     if len(set(names)) != len(names):
-        raise DataError(f"{root}: duplicate subject names across imagesTr/ and imagesTs/")
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"duplicate subject name '{dup}' among the images; names must be unique")
     return Volumes(
         names=names,
         images=torch.from_numpy(np.stack(imgs)[:, None]),

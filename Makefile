@@ -1,0 +1,34 @@
+# Two commands set up and run everything on a fresh machine:
+#   make run    -> create .venv, install regtune with the study stack, run the main job
+#   make test   -> create .venv, install, run the test suite (what .ci/run calls)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv clean train
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk (a looser spec pulls CUDA)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[study,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job: a small hyperparameter study on the embedded synthetic dataset
+# (local Ray, local MLflow SQLite store, everything under regtune-runs/).
+run: $(STAMP)
+	$(BIN)/regtune search --space search_spaces/smooth.yaml
+
+# A single training run on embedded defaults.
+train: $(STAMP)
+	$(BIN)/regtune train --max-minutes 5
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf regtune-runs .pytest_cache

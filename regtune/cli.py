@@ -1,0 +1,292 @@
+"""``regtune``: a thin command line over the library.
+
+Heavy imports (torch, ray, mlflow) happen inside the command that needs them, so
+``regtune --help`` answers at once. Any :class:`~regtune.errors.RegtuneError` ends the
+command with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from .errors import RegtuneError
+
+RUNS = Path("regtune-runs")
+
+EPILOG = textwrap.dedent("""\
+    typical session:
+      regtune data synth --out synth/             # a small phantom dataset with known deformations
+      regtune train --data DATA --max-minutes 15  # train; writes best.pt, history, split
+      regtune evaluate --checkpoint RUN/best.pt --data DATA
+      regtune register --checkpoint RUN/best.pt --fixed F.nii.gz --moving M.nii.gz --out fields/
+      regtune search --space search_spaces/smooth.yaml   # a hyperparameter study
+
+    DATA is a Learn2Reg-layout folder (imagesTr/, labelsTr/); without --data the embedded
+    synthetic dataset is used. Config keys are dotted (train.lr, loss.reg_weight, ...);
+    'regtune config' prints them all with their defaults.
+    """)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="config file with sections data/model/loss/train")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (default: embedded synthetic phantoms)")
+
+
+def _config(args: argparse.Namespace):
+    from .config import Config
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+    if getattr(args, "max_minutes", None) is not None:
+        overrides.append(f"train.max_minutes={args.max_minutes}")
+    return Config.load(args.config, overrides)
+
+
+def _fmt(v: float, nd: int = 3) -> str:
+    return "nan" if v != v else f"{v:.{nd}f}"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = _config(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data.pairs import sample_pairs
+    from .data.source import load_data
+    from .train import no_registration_baseline, pick_device, train
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else RUNS / time.strftime("train-%Y%m%d-%H%M%S")
+    vols = load_data(cfg.data, progress=not args.quiet)
+    for note in vols.notes:
+        print(f"note: {note}", file=sys.stderr)
+    device = pick_device(args.device)
+    print(f"regtune train: {len(vols)} subjects {vols.shape} from {cfg.data.root or 'synthetic phantoms'}, "
+          f"training at 1/{cfg.data.downsample} resolution on {device}; output {out}", file=sys.stderr)
+
+    def show(e) -> None:
+        m = e.metrics
+        print(f"epoch {e.epoch:3d}  {e.seconds:6.1f}s  loss {m['train_loss']:+.4f}  val Dice {_fmt(m['val_dice'])}  "
+              f"HD95 {_fmt(m['val_hd95'], 2)}  SDlogJ {_fmt(m['val_sdlogj'])}  fold {_fmt(m['val_folding_pct'], 2)}%"
+              f"{'  *best' if e.is_best else ''}", file=sys.stderr)
+
+    res = train(cfg, vols, out, device=device, on_epoch=show, progress=not args.quiet)
+    import json
+    split = json.loads((out / "split.json").read_text())
+    pairs = [(vols.index(f), vols.index(m)) for f, m in split["val_pairs"]]
+    base = no_registration_baseline(vols, pairs)
+    print(f"\nstatus: {res.status} ({res.reason})")
+    print(f"best val Dice {_fmt(res.best_val_dice)} at epoch {res.best_epoch}; no registration {_fmt(base['dice'])}")
+    if res.best_checkpoint:
+        print(f"checkpoint: {res.best_checkpoint}\nnext: regtune evaluate --checkpoint {res.best_checkpoint}"
+              + (f" --data {cfg.data.root}" if cfg.data.root else ""))
+    return 0 if res.status == "completed" else 1
+
+
+def _load_eval_volumes(args: argparse.Namespace, cfg):
+    from .data.dataset import load_files, match_labels
+    from .data.source import data_root
+
+    if args.images:
+        files = match_labels(Path(args.images), Path(args.labels) if args.labels else None)
+    else:
+        root = Path(args.data) if args.data else data_root(cfg.data)
+        files = match_labels(root / "imagesTr", root / "labelsTr")
+    return load_files(files, cfg.data, progress=not args.quiet)
+
+
+def _pairs(args: argparse.Namespace, ck, vols):
+    from .data.pairs import read_pairs_csv
+    from .errors import DataError
+
+    if args.pairs:
+        return read_pairs_csv(args.pairs, vols)
+    names = ck.extra.get("val_pairs")
+    if not names:
+        raise DataError(f"{args.checkpoint}: holds no validation pair list; pass --pairs CSV (header fixed,moving)")
+    return [(vols.index(f), vols.index(m)) for f, m in names]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import csv
+
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate_pairs, summarise
+    from .train import pick_device
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = ck.config
+    vols = _load_eval_volumes(args, cfg)
+    pairs = _pairs(args, ck, vols)
+    device = pick_device(args.device)
+    model = ck.model(device)
+    rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, progress=not args.quiet)
+    base_rows = evaluate_pairs(None, vols, pairs)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pairs.csv").open("w", newline="") as fh:
+        keys = list(rows[0])
+        w = csv.DictWriter(fh, fieldnames=keys + [f"noreg_{k}" for k in ("dice", "hd95")])
+        w.writeheader()
+        for r, b in zip(rows, base_rows):
+            w.writerow({**r, "noreg_dice": b["dice"], "noreg_hd95": b["hd95"]})
+    s, b = summarise(rows), summarise(base_rows)
+    import json
+    (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs),
+                                                  "registered": s, "no_registration": b}, indent=1))
+    print(f"{len(pairs)} pairs  ({out / 'pairs.csv'})")
+    print(f"{'':18s} {'Dice':>7s} {'±':>6s} {'HD95':>7s} {'SDlogJ':>7s} {'fold %':>7s} {'black':>6s}")
+    for name, x in (("no registration", b), ("regtune", s)):
+        black = "yes" if x["warped_intensity"] < 0.5 * x["moving_intensity"] else "no"
+        print(f"{name:18s} {_fmt(x['dice']):>7s} {_fmt(x['dice_std']):>6s} {_fmt(x['hd95'], 2):>7s} "
+              f"{_fmt(x['sdlogj']):>7s} {_fmt(x['folding_pct'], 3):>7s} {black:>6s}")
+    for lab in vols.label_values:
+        print(f"  label {lab}: Dice {_fmt(b[f'dice_{lab}'])} -> {_fmt(s[f'dice_{lab}'])}, "
+              f"HD95 {_fmt(b[f'hd95_{lab}'], 2)} -> {_fmt(s[f'hd95_{lab}'], 2)}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data.dataset import load_files
+    from .errors import DataError
+    from .evaluate import evaluate_pairs
+    from .register import FieldWriter
+    from .train import pick_device
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = ck.config
+    if args.fixed or args.moving:
+        if not (args.fixed and args.moving):
+            raise DataError("--fixed and --moving go together (or use --pairs with --images)")
+        labs = [args.fixed_label, args.moving_label]
+        if any(labs) and not all(labs):
+            raise DataError("--fixed-label and --moving-label go together")
+        vols = load_files([(Path(args.fixed), labs[0] and Path(labs[0])), (Path(args.moving), labs[1] and Path(labs[1]))], cfg.data)
+        if vols.names[0] == vols.names[1]:
+            raise DataError(f"--fixed and --moving are the same subject '{vols.names[0]}'")
+        pairs = [(0, 1)]
+    else:
+        if not (args.pairs and args.images):
+            raise DataError("give --fixed F --moving M, or --pairs CSV --images DIR [--labels DIR]")
+        vols = _load_eval_volumes(args, cfg)
+        pairs = _pairs(args, ck, vols)
+    device = pick_device(args.device)
+    writer = FieldWriter(args.out, vols, images=not args.fields_only)
+    rows = evaluate_pairs(ck.model(device), vols, pairs, cfg.data.downsample, device, on_field=writer,
+                          with_hd95=False, progress=not args.quiet)
+    for r in rows:
+        extra = f"  Dice {_fmt(r['dice'])}" if r["dice"] == r["dice"] else ""
+        print(f"{r['fixed']} <- {r['moving']}:  fold {_fmt(r['folding_pct'], 3)}%  SDlogJ {_fmt(r['sdlogj'])}{extra}")
+    print(f"wrote {len(writer.written)} displacement field(s) to {args.out} "
+          f"(X x Y x Z x 3, voxel units, warped(x) = moving(x + u(x)))")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import SynthSpec, write_dataset
+
+    out = write_dataset(args.out, SynthSpec(n_subjects=args.subjects, size=args.size, amplitude=args.amplitude, seed=args.seed),
+                        progress=True)
+    print(f"wrote {args.subjects} synthetic subjects ({args.size}^3) to {out} "
+          f"(imagesTr/, labelsTr/, fields/ = ground-truth displacement from the template)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regtune", description="Trainable-on-purpose 3D deformable registration "
+                                "(VoxelMorph-style) with hyperparameter studies that explain divergence.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("config", help="print the full config (defaults + file + overrides) as YAML")
+    _add_config_args(c)
+    c.set_defaults(func=cmd_config)
+
+    t = sub.add_parser("train", help="train a registration network", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train on a Learn2Reg-layout folder (or synthetic phantoms), validating each epoch "
+                                   "at full resolution on held-out subjects.",
+                       epilog="example: regtune train --data ../shared/data/learn2reg-hippocampus --max-minutes 15 "
+                              "--set loss.reg_weight=1.0")
+    _add_config_args(t)
+    t.add_argument("--out", metavar="DIR", help="run folder (default regtune-runs/train-<time>)")
+    t.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (sets train.max_minutes)")
+    t.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    def data_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (imagesTr/, labelsTr/)")
+        q.add_argument("--images", metavar="DIR", help="folder of images (instead of --data)")
+        q.add_argument("--labels", metavar="DIR", help="folder of label maps matching --images by file name")
+        q.add_argument("--pairs", metavar="CSV", help="pair list with header 'fixed,moving' (default: the checkpoint's val pairs)")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on pairs against no registration")
+    e.add_argument("--checkpoint", required=True, metavar="PT")
+    data_args(e)
+    e.add_argument("--out", metavar="DIR", help="where pairs.csv and summary.json go (default: next to the checkpoint)")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("register", help="write displacement fields and warped images for pairs",
+                       description="Fields follow the Learn2Reg convention: X x Y x Z x 3, voxel units, on the fixed "
+                                   "grid, warped(x) = moving(x + u(x)).")
+    r.add_argument("--checkpoint", required=True, metavar="PT")
+    data_args(r)
+    r.add_argument("--fixed", metavar="NII")
+    r.add_argument("--moving", metavar="NII")
+    r.add_argument("--fixed-label", metavar="NII")
+    r.add_argument("--moving-label", metavar="NII")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--fields-only", action="store_true", help="write only disp_*.nii.gz")
+    r.set_defaults(func=cmd_register)
+
+    d = sub.add_parser("data", help="dataset utilities")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    s = dsub.add_parser("synth", help="write a synthetic Learn2Reg-layout dataset with known deformations")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--subjects", type=int, default=24)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--amplitude", type=float, default=3.0, help="peak displacement in voxels")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    try:
+        from .search.cli import add_commands
+    except ImportError:  # pragma: no cover - the study layer is optional
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except RegtuneError as e:
+        print(f"regtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

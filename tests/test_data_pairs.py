@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from regtune.config import DataConfig
+from regtune.data import PairSampler, all_pairs, load_folder, read_pairs_csv, sample_pairs, split_subjects, write_pairs_csv
+from regtune.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def vols(synth_dir):
+    return load_folder(synth_dir, DataConfig())
+
+
+def test_split_is_subject_level_and_seeded(vols):
+    s = split_subjects(vols, 3, seed=5)
+    assert len(s.val) == 3 and not set(s.val) & set(s.train) and len(s.train) == 5
+    assert split_subjects(vols, 3, seed=5) == s
+    assert split_subjects(vols, 3, seed=6) != s
+    with pytest.raises(DataError, match="val_subjects"):
+        split_subjects(vols, 7, seed=0)
+
+
+def test_pairs_and_sampler(vols):
+    assert len(all_pairs([0, 1, 2])) == 6
+    vp = sample_pairs((0, 1, 2, 3), 5, seed=0)
+    assert len(vp) == 5 and all(f != m for f, m in vp) and vp == sample_pairs((0, 1, 2, 3), 5, seed=0)
+    s = PairSampler((0, 2, 4), "random", seed=0)
+    f, m = s(64)
+    assert (f != m).all() and set(f.tolist()) <= {0, 2, 4}
+    s = PairSampler((0, 2, 4), "all", seed=0)
+    seen = set()
+    for _ in range(3):
+        f, m = s(2)
+        seen |= set(zip(f.tolist(), m.tolist()))
+    assert seen == set(all_pairs((0, 2, 4)))
+
+
+def test_pairs_csv_roundtrip_and_errors(vols, tmp_path):
+    p = tmp_path / "pairs.csv"
+    write_pairs_csv(p, [(0, 1), (2, 3)], vols)
+    assert read_pairs_csv(p, vols) == [(0, 1), (2, 3)]
+    p.write_text("fixed,moving\nsynth_001.nii.gz,nobody.nii.gz\n")
+    with pytest.raises(DataError, match="line 2: 'nobody'"):
+        read_pairs_csv(p, vols)
+    p.write_text("a,b\n")
+    with pytest.raises(DataError, match="header"):
+        read_pairs_csv(p, vols)

@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+
+from regtune.metrics import dice_per_label, hd95_per_label, jacobian_determinant, jacobian_stats, score_pair
+
+
+def cube(shape, lo, hi, value=1):
+    a = np.zeros(shape, np.uint8)
+    a[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = value
+    return a
+
+
+def test_dice_of_offset_cubes():
+    a = cube((20, 20, 20), (5, 5, 5), (15, 15, 15))
+    b = cube((20, 20, 20), (7, 5, 5), (17, 15, 15))
+    d = dice_per_label(a, b, (1, 2))
+    assert d[1] == pytest.approx(2 * 8 * 100 / 2000)
+    assert math.isnan(d[2])  # absent in fixed: skipped
+
+
+def test_hd95_of_offset_cubes_is_the_offset_in_mm():
+    a = cube((30, 30, 30), (5, 5, 5), (15, 15, 15))
+    b = cube((30, 30, 30), (8, 5, 5), (18, 15, 15))
+    assert hd95_per_label(a, b, (1,))[1] == pytest.approx(3.0)
+    # anisotropic spacing: 3 voxels along axis 0 at 2 mm = 6 mm
+    assert hd95_per_label(a, b, (1,), spacing=(2.0, 1.0, 1.0))[1] == pytest.approx(6.0)
+    assert hd95_per_label(a, a, (1,))[1] == 0.0
+
+
+def test_hd95_vanished_label_scores_worst_case():
+    a = cube((10, 10, 10), (2, 2, 2), (5, 5, 5))
+    assert hd95_per_label(a, np.zeros_like(a), (1,))[1] == pytest.approx(math.sqrt(300))
+
+
+def test_jacobian_of_known_affine_field():
+    A = np.array([[0.1, 0.05, 0.0], [0.0, -0.2, 0.1], [0.02, 0.0, 0.3]])
+    grid = np.stack(np.meshgrid(*(np.arange(12.0),) * 3, indexing="ij"))
+    disp = np.einsum("ij,jxyz->ixyz", A, grid)
+    det = jacobian_determinant(disp)
+    assert det.shape == (8, 8, 8)
+    assert np.allclose(det, np.linalg.det(np.eye(3) + A))
+    sd, fold = jacobian_stats(disp)
+    assert sd == pytest.approx(0.0, abs=1e-12) and fold == 0.0
+
+
+def test_folding_counted_before_clipping():
+    grid = np.stack(np.meshgrid(*(np.arange(12.0),) * 3, indexing="ij"))
+    disp = np.zeros((3, 12, 12, 12))
+    disp[0] = -2.0 * grid[0]  # d u_x / dx = -2 -> det = -1 everywhere
+    sd, fold = jacobian_stats(disp)
+    assert fold == 100.0
+
+
+def test_matches_surface_distance_and_scipy_reference():
+    sd = pytest.importorskip("surface_distance")
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+    a = ndimage.binary_dilation(rng.random((32, 32, 32)) > 0.995, iterations=3).astype(np.uint8)
+    b = ndimage.binary_dilation(np.roll(a, 2, axis=1) > 0, iterations=1).astype(np.uint8)
+    s = score_pair(a, b, None, (1,))
+    ref = sd.compute_robust_hausdorff(sd.compute_surface_distances(a == 1, b == 1, (1, 1, 1)), 95)
+    assert s.hd95 == pytest.approx(ref)
+    assert s.dice == pytest.approx(sd.compute_dice_coefficient(a == 1, b == 1))
