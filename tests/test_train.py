@@ -72,7 +72,7 @@ def test_too_high_learning_rate_sends_the_field_out_and_is_caught(vols, tmp_path
     cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 20, "train.lr": 1e-2, "loss.reg_weight": 0.1,
                   "model.int_steps": 0})
     res = train(cfg, vols, tmp_path, progress=False, split=Split(train=(0, 1), val=(0, 1)))
-    assert res.status == "collapsed" and res.epochs == 1, res.reason
+    assert res.status == "collapsed" and ("left the volume" in res.reason or "black warp" in res.reason), res.reason
 
 
 def test_guard_rules():
