@@ -54,6 +54,8 @@ class EpochResult:
     reason: str
     is_best: bool
     checkpoint_dir: Path
+    model: RegNet | None = None  # the live model (for figures); do not keep a reference
+    val_pairs: list[Pair] = field(default_factory=list)
 
     def record(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "status": self.status, **self.metrics}
@@ -276,7 +278,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                             history=history, val_pairs=val_names, status=rec["status"])
         with (out / "history.jsonl").open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        result = EpochResult(epoch, step, rec["seconds"], metrics, rec["status"], reason, is_best, out)
+        result = EpochResult(epoch, step, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)
         if on_epoch is not None:
             try:
                 on_epoch(result)

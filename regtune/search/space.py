@@ -1,0 +1,327 @@
+"""Search-space YAML files: one schema, validated once against the typed config.
+
+Schema (see ``search_spaces/README.md``)::
+
+    name: smooth                      # default study name
+    description: free text
+    base:                             # fixed training settings (dotted config keys)
+      train.epochs: 6
+    params:                           # searched parameters
+      loss.reg_weight: {type: float, low: 0.01, high: 10, log: true}
+      train.batch_size: {type: int, low: 2, high: 8, step: 2}
+      loss.similarity: {type: categorical, choices: [ncc, mse, mi]}
+      loss.ncc_window: {type: int, low: 5, high: 11, step: 2, when: {loss.similarity: ncc}}
+    start:                            # optional: trials to run first (e.g. the seed's settings)
+      - {train.lr: 0.05, loss.reg_weight: 0.01}
+    objective:
+      metric: val_dice                # a reported metric
+      mode: max                       # max or min
+      folding_limit_pct: 0.5          # penalty above this % of folding voxels
+      folding_penalty: 0.1            # score -= penalty * (folding % - limit) when above
+    budget: {num_samples: 12, max_concurrent: 2, grace_period: 2, reduction_factor: 2, time_limit_minutes: 0}
+    resources: {cpu: 1, gpu: 0}       # per trial; fractional GPU allowed
+    seed: 0
+
+This module imports neither Ray nor Optuna: a space can be validated anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..config import Config
+from ..errors import ConfigError
+
+METRICS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_loss")
+TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "seed")
+
+
+class SpaceError(ConfigError):
+    """A search-space file is invalid."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    when: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "val_dice"
+    mode: str = "max"
+    folding_limit_pct: float = 0.5
+    folding_penalty: float = 0.1
+    diverged_score: float = 0.0
+
+    def score(self, metrics: Mapping[str, float]) -> float:
+        """Higher is better: sign * metric - penalty * max(0, folding - limit).
+        A non-finite metric (diverged trial) scores ``diverged_score``."""
+        v = metrics.get(self.metric, math.nan)
+        fold = metrics.get("val_folding_pct", math.nan)
+        if v is None or not math.isfinite(v) or fold is None or not math.isfinite(fold):
+            return self.diverged_score
+        s = v if self.mode == "max" else -v
+        return float(s - self.folding_penalty * max(0.0, fold - self.folding_limit_pct))
+
+
+@dataclass(frozen=True)
+class Budget:
+    num_samples: int = 8
+    max_concurrent: int = 2
+    grace_period: int = 2
+    reduction_factor: int = 2
+    time_limit_minutes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str
+    base: Config
+    params: tuple[Param, ...]
+    start: tuple[dict, ...] = ()
+    objective: Objective = field(default_factory=Objective)
+    budget: Budget = field(default_factory=Budget)
+    resources: Resources = field(default_factory=Resources)
+    seed: int = 0
+    source: str = ""
+    text: str = ""
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def trial_config(self, values: Mapping[str, Any]) -> Config:
+        """The typed config of one trial: ``base`` with the sampled values."""
+        return self.base.with_values(dict(values), source=f"{self.source} trial")
+
+    def with_overrides(self, **budget: Any) -> "SearchSpace":
+        import dataclasses
+
+        b = dataclasses.replace(self.budget, **{k: v for k, v in budget.items() if v is not None})
+        _check_budget(b, self.source)
+        return dataclasses.replace(self, budget=b)
+
+
+def _err(src: str, key: str, msg: str) -> SpaceError:
+    return SpaceError(f"{src}: key '{key}': {msg}")
+
+
+def _num(src: str, key: str, v: Any, integer: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise _err(src, key, f"must be a {'whole ' if integer else ''}number, got {v!r}")
+    if integer and not float(v).is_integer():
+        raise _err(src, key, f"must be a whole number, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def _mapping(src: str, key: str, v: Any) -> Mapping:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise _err(src, key, f"must be a mapping, got {type(v).__name__}")
+    return v
+
+
+def _check_budget(b: Budget, src: str) -> None:
+    if b.num_samples < 1:
+        raise _err(src, "budget.num_samples", f"must be >= 1, got {b.num_samples}")
+    if b.max_concurrent < 1:
+        raise _err(src, "budget.max_concurrent", f"must be >= 1, got {b.max_concurrent}")
+    if b.grace_period < 1:
+        raise _err(src, "budget.grace_period", f"must be >= 1 epoch, got {b.grace_period}")
+    if b.reduction_factor < 2:
+        raise _err(src, "budget.reduction_factor", f"must be >= 2, got {b.reduction_factor}")
+    if b.time_limit_minutes < 0:
+        raise _err(src, "budget.time_limit_minutes", f"must be >= 0 (0 = none), got {b.time_limit_minutes}")
+
+
+def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param]) -> Param:
+    where = f"params.{key}"
+    valid_keys = set(base.flat())
+    if key not in valid_keys:
+        import difflib
+
+        close = difflib.get_close_matches(key, sorted(valid_keys), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "keys look like loss.reg_weight (see 'regtune config')"
+        raise _err(src, where, f"unknown training parameter; {hint}")
+    spec = _mapping(src, where, spec)
+    allowed = {"type", "low", "high", "log", "step", "choices", "when"}
+    extra = set(spec) - allowed
+    if extra:
+        raise _err(src, f"{where}.{sorted(extra)[0]}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+    if "type" not in spec:
+        raise _err(src, f"{where}.type", "missing; use float, int or categorical")
+    typ = spec["type"]
+    when = tuple(_mapping(src, f"{where}.when", spec.get("when")).items())
+    for wk, wv in when:
+        if wk not in known:
+            raise _err(src, f"{where}.when.{wk}", "must name a parameter declared above this one")
+        p = known[wk]
+        if p.type == "categorical" and wv not in p.choices:
+            raise _err(src, f"{where}.when.{wk}", f"{wv!r} is not one of its choices {list(p.choices)}")
+
+    def probe(v: Any, k: str) -> None:
+        try:
+            base.with_values({key: v}, source=src)
+        except ConfigError as e:
+            raise _err(src, k, f"value {v!r} is not valid for this parameter ({str(e).split(': ', 2)[-1]})") from None
+
+    if typ == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(src, f"{where}.choices", "must be a non-empty list")
+        if len(set(map(repr, choices))) != len(choices):
+            raise _err(src, f"{where}.choices", "has duplicates")
+        for c in choices:
+            probe(c, f"{where}.choices")
+        for k in ("low", "high", "log", "step"):
+            if k in spec:
+                raise _err(src, f"{where}.{k}", "only float and int parameters take low/high/log/step")
+        return Param(key, "categorical", choices=tuple(choices), when=when)
+    if typ not in ("float", "int"):
+        raise _err(src, f"{where}.type", f"must be float, int or categorical, got {typ!r}")
+    for k in ("low", "high"):
+        if k not in spec:
+            raise _err(src, f"{where}.{k}", f"missing; a {typ} parameter needs low and high")
+    integer = typ == "int"
+    low = _num(src, f"{where}.low", spec["low"], integer)
+    high = _num(src, f"{where}.high", spec["high"], integer)
+    if not low < high:
+        raise _err(src, where, f"low must be < high, got low={low}, high={high}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise _err(src, f"{where}.log", f"must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise _err(src, f"{where}.low", f"must be > 0 with log: true, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _num(src, f"{where}.step", step, integer)
+        if step <= 0:
+            raise _err(src, f"{where}.step", f"must be > 0, got {step}")
+        if log:
+            raise _err(src, f"{where}.step", "cannot be combined with log: true")
+    probe(low, f"{where}.low")
+    probe(high, f"{where}.high")
+    return Param(key, typ, low=low, high=high, log=log, step=step, when=when)
+
+
+def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
+    src = source
+    doc = _mapping(src, "(top level)", doc)
+    extra = [k for k in doc if k not in TOP_KEYS]
+    if extra:
+        raise _err(src, str(extra[0]), f"unknown top-level key (allowed: {', '.join(TOP_KEYS)})")
+    if "params" not in doc or not doc["params"]:
+        raise _err(src, "params", "missing; list at least one parameter to search")
+    name = doc.get("name") or Path(source).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise _err(src, "name", f"must be letters, digits, - or _, got {name!r}")
+    base_items = _mapping(src, "base", doc.get("base"))
+    try:
+        base = Config().with_values(dict(base_items), source=f"{src} base")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+    known: dict[str, Param] = {}
+    for key, spec in _mapping(src, "params", doc["params"]).items():
+        if key in base_items:
+            raise _err(src, f"params.{key}", "is also fixed in base; keep it in one place")
+        known[key] = _param(src, key, spec, base, known)
+    obj_doc = dict(_mapping(src, "objective", doc.get("objective")))
+    allowed = {"metric", "mode", "folding_limit_pct", "folding_penalty", "diverged_score"}
+    for k in obj_doc:
+        if k not in allowed:
+            raise _err(src, f"objective.{k}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+    metric = obj_doc.get("metric", "val_dice")
+    if metric not in METRICS:
+        raise _err(src, "objective.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
+    mode = obj_doc.get("mode", "max" if metric == "val_dice" else "min")
+    if mode not in ("max", "min"):
+        raise _err(src, "objective.mode", f"must be max or min, got {mode!r}")
+    objective = Objective(metric, mode,
+                          *(_num(src, f"objective.{k}", obj_doc.get(k, d)) for k, d in
+                            (("folding_limit_pct", 0.5), ("folding_penalty", 0.1), ("diverged_score", 0.0 if mode == "max" else -1e3))))
+    b_doc = _mapping(src, "budget", doc.get("budget"))
+    fields_b = {"num_samples": True, "max_concurrent": True, "grace_period": True, "reduction_factor": True, "time_limit_minutes": False}
+    for k in b_doc:
+        if k not in fields_b:
+            raise _err(src, f"budget.{k}", f"unknown field (allowed: {', '.join(fields_b)})")
+    budget = Budget(**{k: _num(src, f"budget.{k}", v, fields_b[k]) for k, v in b_doc.items()})
+    _check_budget(budget, src)
+    r_doc = _mapping(src, "resources", doc.get("resources"))
+    for k in r_doc:
+        if k not in ("cpu", "gpu"):
+            raise _err(src, f"resources.{k}", "unknown field (allowed: cpu, gpu)")
+    res = Resources(**{k: _num(src, f"resources.{k}", v) for k, v in r_doc.items()})
+    if res.cpu <= 0:
+        raise _err(src, "resources.cpu", f"must be > 0, got {res.cpu}")
+    if res.gpu < 0 or (res.gpu > 1 and not float(res.gpu).is_integer()):
+        raise _err(src, "resources.gpu", f"must be >= 0 (a fraction <= 1 or a whole number), got {res.gpu}")
+    start = []
+    for i, point in enumerate(doc.get("start") or []):
+        point = _mapping(src, f"start[{i}]", point)
+        for k, v in point.items():
+            if k not in known:
+                raise _err(src, f"start[{i}].{k}", "is not a searched parameter")
+        try:
+            base.with_values(dict(point), source=f"{src} start[{i}]")
+        except ConfigError as e:
+            raise SpaceError(str(e)) from None
+        start.append(dict(point))
+    seed = _num(src, "seed", doc.get("seed", 0), integer=True)
+    return SearchSpace(name=name, description=str(doc.get("description", "")), base=base, params=tuple(known.values()),
+                       start=tuple(start), objective=objective, budget=budget, resources=res, seed=seed,
+                       source=src, text=text)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    p = Path(path)
+    if not p.is_file():
+        raise SpaceError(f"{p}: search-space file not found (see search_spaces/ for examples)")
+    text = p.read_text()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_space(doc, str(p), text)
+
+
+class DefineByRun:
+    """Optuna define-by-run space built from a :class:`SearchSpace` (handles ``when``).
+
+    Picklable (Ray checkpoints the searcher with it)."""
+
+    def __init__(self, params: tuple[Param, ...]):
+        self.params = params
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if any(chosen.get(k) != v for k, v in p.when):
+                continue
+            if p.type == "categorical":
+                chosen[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+            elif p.type == "int":
+                chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+        return None

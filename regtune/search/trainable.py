@@ -1,0 +1,104 @@
+"""The Ray Tune function trainable that wraps the core training loop.
+
+One trial: trial dict -> typed Config (once) -> ``regtune.train.train`` with an epoch hook
+that reports every epoch with ``ray.tune.report`` and a ``tune.Checkpoint`` (last.pt,
+best.pt, history, figures). A restarted trial resumes from ``tune.get_checkpoint()``.
+The dataset arrives through ``tune.with_parameters`` (put in the object store once; on
+each node trials read the same shared-memory arrays, zero-copy).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from ..data.dataset import Volumes
+from ..figures import curves_png, pair_figures
+from ..train import EpochResult, train
+from .space import SearchSpace
+
+CHECKPOINT_FILES = ("last.pt", "best.pt", "history.jsonl", "split.json", "result.json")
+
+
+def volumes_payload(vols: Volumes) -> dict[str, Any]:
+    """Plain numpy/python form of the dataset for the object store."""
+    return {"names": list(vols.names), "images": vols.images.numpy(), "labels": vols.labels.numpy(),
+            "labelled": vols.labelled.numpy(), "spacing": tuple(vols.spacing), "affine": np.asarray(vols.affine),
+            "label_values": tuple(vols.label_values), "notes": list(vols.notes)}
+
+
+def volumes_from_payload(p: dict[str, Any]) -> Volumes:
+    with warnings.catch_warnings():  # object-store arrays are read-only; regtune never writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        return Volumes(names=list(p["names"]), images=torch.from_numpy(p["images"]), labels=torch.from_numpy(p["labels"]),
+                       labelled=torch.from_numpy(p["labelled"]), spacing=tuple(p["spacing"]), affine=p["affine"],
+                       label_values=tuple(p["label_values"]), notes=list(p["notes"]))
+
+
+def report_metrics(space: SearchSpace, e: EpochResult, reason: str) -> dict[str, Any]:
+    m = {k: (float(v) if v is not None else math.nan) for k, v in e.metrics.items()}
+    m["score"] = space.objective.score(m)
+    m["epoch"] = e.epoch
+    m["step"] = e.step
+    m["epoch_seconds"] = e.seconds
+    m["status"] = e.status
+    m["reason"] = reason
+    m["diverged"] = int(e.status in ("diverged_nan", "diverged_rising", "collapsed"))
+    return m
+
+
+def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space: SearchSpace | None = None) -> None:
+    """Ray Tune function trainable. ``config``: the trial's sampled values (dotted keys)."""
+    if space is None or data is None:
+        raise ValueError("run_trial needs data= and space= bound with tune.with_parameters")
+    cfg = space.trial_config(config)
+    if cfg.train.threads == 0:
+        cfg = cfg.with_values({"train.threads": max(1, int(space.resources.cpu))})
+    vols = volumes_from_payload(data)
+    device = torch.device("cuda" if space.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+    work = Path(tempfile.mkdtemp(prefix="regtune-trial-"))
+    resume = None
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            for name in CHECKPOINT_FILES:
+                if (Path(d) / name).is_file():
+                    shutil.copy2(Path(d) / name, work / name)
+        if (work / "last.pt").is_file():
+            resume = work / "last.pt"
+    title = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+    def on_epoch(e: EpochResult) -> None:
+        with tempfile.TemporaryDirectory(prefix="regtune-ck-") as tmp:
+            t = Path(tmp)
+            for name in CHECKPOINT_FILES:
+                if (work / name).is_file():
+                    shutil.copy2(work / name, t / name)
+            figs = t / "figures"
+            curves_png(figs / "curves.png", _history(work), title=title)
+            if e.is_best and e.model is not None and e.val_pairs:
+                pair_figures(work / "figures", e.model, vols, e.val_pairs[0], cfg.data.downsample, tag=f"epoch {e.epoch}")
+            for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
+                shutil.copy2(png, figs / png.name)
+            tune.report(report_metrics(space, e, e.reason), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _history(work: Path) -> list[dict]:
+    import json
+
+    p = work / "history.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+
+
+__all__ = ["run_trial", "volumes_payload", "volumes_from_payload", "report_metrics"]

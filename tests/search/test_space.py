@@ -1,0 +1,112 @@
+import math
+from pathlib import Path
+
+import pytest
+
+from regtune.search.space import DefineByRun, SpaceError, load_space, parse_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = {
+    "name": "t",
+    "base": {"train.epochs": 3},
+    "params": {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "loss.similarity": {"type": "categorical", "choices": ["ncc", "mse"]},
+        "loss.ncc_window": {"type": "int", "low": 5, "high": 9, "step": 2, "when": {"loss.similarity": "ncc"}},
+    },
+    "start": [{"train.lr": 0.05, "loss.similarity": "mse"}],
+    "objective": {"metric": "val_dice", "mode": "max"},
+    "budget": {"num_samples": 4, "max_concurrent": 2},
+    "resources": {"cpu": 1, "gpu": 0.5},
+}
+
+
+def test_valid_space_and_trial_config():
+    s = parse_space(GOOD, "good.yaml")
+    assert [p.key for p in s.params] == ["train.lr", "loss.similarity", "loss.ncc_window"]
+    assert s.base.train.epochs == 3 and s.resources.gpu == 0.5
+    cfg = s.trial_config({"train.lr": 0.01, "loss.similarity": "ncc", "loss.ncc_window": 7})
+    assert cfg.train.lr == 0.01 and cfg.loss.ncc_window == 7 and cfg.train.epochs == 3
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")))
+def test_shipped_spaces_parse(path):
+    s = load_space(path)
+    assert s.params and s.budget.num_samples >= 1
+
+
+def test_objective_score_penalises_folding_and_divergence():
+    s = parse_space({**GOOD, "objective": {"metric": "val_dice", "folding_limit_pct": 0.5, "folding_penalty": 0.1}}, "x")
+    assert s.objective.score({"val_dice": 0.8, "val_folding_pct": 0.2}) == pytest.approx(0.8)
+    assert s.objective.score({"val_dice": 0.8, "val_folding_pct": 2.5}) == pytest.approx(0.6)
+    assert s.objective.score({"val_dice": math.nan, "val_folding_pct": math.nan}) == 0.0
+
+
+def bad(**changes):
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    for path, value in changes.items():
+        keys = path.split("/")
+        d = doc
+        for k in keys[:-1]:
+            d[k] = dict(d[k])
+            d = d[k]
+        if value is DELETE:
+            del d[keys[-1]]
+        else:
+            d[keys[-1]] = value
+    return doc
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    (bad(**{"params/train.lrr": {"type": "float", "low": 1, "high": 2}}), "key 'params.train.lrr': unknown training parameter; did you mean train.lr"),
+    (bad(**{"params/train.lr": {"type": "float", "low": 0.1, "high": 0.01}}), "low must be < high"),
+    (bad(**{"params/train.lr": {"type": "float", "low": 0, "high": 0.01, "log": True}}), "must be > 0 with log"),
+    (bad(**{"params/train.lr": {"type": "float", "low": "a", "high": 0.01}}), "key 'params.train.lr.low': must be a number"),
+    (bad(**{"params/train.lr": {"type": "floaty", "low": 1e-4, "high": 0.01}}), "must be float, int or categorical"),
+    (bad(**{"params/train.lr": {"low": 1e-4, "high": 0.01}}), "params.train.lr.type': missing"),
+    (bad(**{"params/train.lr": {"type": "float", "high": 0.01}}), "params.train.lr.low': missing"),
+    (bad(**{"params/loss.similarity": {"type": "categorical", "choices": ["ncc", "ssim"]}}), "value 'ssim' is not valid"),
+    (bad(**{"params/train.batch_size": {"type": "int", "low": 1.5, "high": 4}}), "must be a whole number"),
+    (bad(**{"params/loss.ncc_window": {"type": "int", "low": 5, "high": 9, "when": {"loss.nothing": "ncc"}}}), "declared above"),
+    (bad(**{"objective/metric": "val_accuracy"}), "objective.metric"),
+    (bad(**{"budget/num_samples": 0}), "budget.num_samples"),
+    (bad(**{"budget/trials": 3}), "budget.trials': unknown field"),
+    (bad(**{"resources/gpu": 1.5}), "resources.gpu"),
+    (bad(**{"base/train.epochs": 0}), "train.epochs"),
+    (bad(**{"params": DELETE}), "key 'params': missing"),
+    (bad(**{"searchspace": 1}), "unknown top-level key"),
+    (bad(**{"start": [{"model.enc": [8]}]}), "is not a searched parameter"),
+])
+def test_invalid_spaces_give_one_clear_line(doc, fragment):
+    with pytest.raises(SpaceError) as e:
+        parse_space(doc, "bad.yaml")
+    msg = str(e.value)
+    assert fragment in msg and msg.startswith("bad.yaml") and "\n" not in msg
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(SpaceError, match="not found"):
+        load_space(tmp_path / "none.yaml")
+    p = tmp_path / "x.yaml"
+    p.write_text("params: [\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(p)
+
+
+def test_define_by_run_respects_conditions():
+    optuna = pytest.importorskip("optuna")
+    s = parse_space(GOOD, "good.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        t = study.ask()
+        DefineByRun(s.params)(t)
+        p = t.params
+        assert ("loss.ncc_window" in p) == (p["loss.similarity"] == "ncc")
+        seen.add(p["loss.similarity"])
+        study.tell(t, 0.0)
+    assert seen == {"ncc", "mse"}
