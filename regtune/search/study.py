@@ -184,11 +184,26 @@ def run_study(opts: StudyOptions) -> StudyResult:
                                       verbose=opts.verbose),
         )
     grid = tuner.fit()
+    _close_orphan_optuna_trials(storage_url, space.name)
     trials = []
     for r in grid:
         cfg = {k: v for k, v in (r.config or {}).items()}
         trials.append(_trial_row(r, cfg, tracker))
     return StudyResult(space.name, trials, exp_path, opts.mlflow_uri, parent, storage_url, time.monotonic() - t0)
+
+
+def _close_orphan_optuna_trials(storage_url: str, name: str) -> int:
+    """Optuna trials left RUNNING by an interrupted driver (Ray re-sampled them) -> FAIL."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    study_id = storage.get_study_id_from_name(name)
+    n = 0
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "regtune_orphan", True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
 
 
 def _trial_row(r, cfg: dict, tracker: StudyTracker) -> dict:

@@ -188,9 +188,27 @@ class StudyTracker(tune.Callback):
         if self.verbose:
             print(f"[{trial.trial_id}] finished: {status}  best score {best.get('score', math.nan):.4f}", flush=True)
 
+    def reconcile(self, trials) -> list[str]:
+        """After a resume: MLflow runs of trials that the interrupted driver had started
+        but Ray never persisted (Ray re-samples them) are closed as ``interrupted`` and
+        dropped from the mapping, so runs and Ray trials stay one-to-one."""
+        assert self.client is not None
+        live = {t.trial_id for t in trials}
+        orphans = [tid for tid in self.state.get("trials", {}) if tid not in live]
+        for tid in orphans:
+            rid = self.state["trials"].pop(tid)
+            self.client.set_tag(rid, STATUS_TAG, "interrupted")
+            self.client.set_tag(rid, "regtune.orphan", "true")
+            self.client.set_terminated(rid, status="KILLED")
+        if orphans:
+            self.state.setdefault("orphans", []).extend(orphans)
+            self._save()
+        return orphans
+
     def finish_study(self, trials) -> None:
         self._ensure()
         assert self.client is not None
+        self.reconcile(trials)
         parent = self.state["parent_run_id"]
         statuses: dict[str, int] = {}
         best_score, best_trial = -math.inf, None
