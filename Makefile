@@ -21,7 +21,7 @@ venv: $(STAMP)
 # The main job: a small hyperparameter study on the embedded synthetic dataset
 # (local Ray, local MLflow SQLite store, everything under regtune-runs/).
 run: $(STAMP)
-	$(BIN)/regtune search --space search_spaces/smooth.yaml
+	$(BIN)/regtune search --space search_spaces/smooth.yaml --name smooth-$$(date +%Y%m%d-%H%M%S)
 
 # A single training run on embedded defaults.
 train: $(STAMP)

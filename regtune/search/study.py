@@ -181,7 +181,7 @@ def run_study(opts: StudyOptions) -> StudyResult:
             run_config=tune.RunConfig(name=space.name, storage_path=opts.ray_storage, callbacks=[tracker],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=2),
-                                      verbose=opts.verbose),
+                                      verbose=0),
         )
     grid = tuner.fit()
     _close_orphan_optuna_trials(storage_url, space.name)
@@ -225,7 +225,7 @@ def _trial_row(r, cfg: dict, tracker: StudyTracker) -> dict:
     return row
 
 
-def format_table(res: StudyResult, k: int = 10) -> str:
+def format_table(res: StudyResult, k: int = 50) -> str:
     lines = []
     counts = res.counts()
     lines.append(f"study '{res.name}': {len(res.trials)} trials in {res.seconds / 60:.1f} min  "

@@ -45,6 +45,8 @@ class StudyTracker(tune.Callback):
         self.state: dict[str, Any] = {}
         self.last: dict[str, dict] = {}
         self.best: dict[str, dict] = {}
+        self.table_every = 30.0
+        self._last_table = 0.0
 
     # ---- set-up ---------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -131,7 +133,9 @@ class StudyTracker(tune.Callback):
         b = self.best.get(trial.trial_id)
         if b is None or result.get("score", -math.inf) > b.get("score", -math.inf):
             self.best[trial.trial_id] = dict(result)
-        if self.verbose:
+        if self.verbose and time.monotonic() - self._last_table > self.table_every:
+            self.print_table(trials)
+        elif self.verbose:
             print(f"[{trial.trial_id}] epoch {step}: score {result.get('score', math.nan):.4f}  val Dice "
                   f"{result.get('val_dice', math.nan):.4f}  fold {result.get('val_folding_pct', math.nan):.3f}%  "
                   f"{result.get('status')}", flush=True)
@@ -144,6 +148,23 @@ class StudyTracker(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self.finish_study(trials)
+
+    def print_table(self, trials) -> None:
+        """A compact live table: one row per trial, best score first."""
+        self._last_table = time.monotonic()
+        rows = []
+        for t in trials:
+            last = self.last.get(t.trial_id, {})
+            best = self.best.get(t.trial_id, {})
+            st = str(last.get("status", "pending")) if t.status in ("RUNNING", "PENDING", "PAUSED") else self.final_status(t, t.status == "ERROR")
+            p = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                          for k, v in (t.config or {}).items())
+            rows.append((best.get("score", -math.inf), f"{t.trial_id:10s} {t.status:10s} {st:15s} {int(last.get('epoch', 0)):3d} "
+                         f"{best.get('score', math.nan):7.4f} {last.get('val_dice', math.nan):6.3f} "
+                         f"{last.get('val_folding_pct', math.nan):6.3f}  {p}"))
+        print(f"\n{'trial':10s} {'ray':10s} {'status':15s} {'ep':>3s} {'best':>7s} {'Dice':>6s} {'fold%':>6s}  params", flush=True)
+        for _, line in sorted(rows, key=lambda r: -r[0] if math.isfinite(r[0]) else math.inf):
+            print(line, flush=True)
 
     # ---- completion -----------------------------------------------------------
     def final_status(self, trial, failed: bool) -> str:

@@ -45,13 +45,14 @@ def volumes_from_payload(p: dict[str, Any]) -> Volumes:
 
 def report_metrics(space: SearchSpace, e: EpochResult, reason: str) -> dict[str, Any]:
     m = {k: (float(v) if v is not None else math.nan) for k, v in e.metrics.items()}
-    m["score"] = space.objective.score(m)
+    diverged = e.status in ("diverged_nan", "diverged_rising", "collapsed")
+    m["score"] = space.objective.diverged_score if diverged else space.objective.score(m)
     m["epoch"] = e.epoch
     m["step"] = e.step
     m["epoch_seconds"] = e.seconds
     m["status"] = e.status
     m["reason"] = reason
-    m["diverged"] = int(e.status in ("diverged_nan", "diverged_rising", "collapsed"))
+    m["diverged"] = int(diverged)
     return m
 
 
