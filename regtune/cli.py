@@ -118,8 +118,32 @@ def _pairs(args: argparse.Namespace, ck, vols):
     return [(vols.index(f), vols.index(m)) for f, m in names]
 
 
+def cmd_evaluate_top(args: argparse.Namespace) -> int:
+    from .search.cli import default_uri, latest_study
+    from .search.top import evaluate_top, format_top
+    from .train import pick_device
+
+    uri = default_uri(args.runs_dir, args.tracking_uri)
+    study = args.study or latest_study(uri)
+    base, results = evaluate_top(uri, study, args.top, args.data, args.pairs, args.export_fields,
+                                 device=str(pick_device(args.device)), progress=not args.quiet)
+    print(f"study '{study}': top {len(results)} trials re-evaluated on {results[0].summary and len(results[0].rows)} pairs "
+          f"({args.pairs or 'the checkpoints val pairs'}); test_* metrics and evaluation/test_pairs_*.csv logged to each run")
+    print(format_top(base, results))
+    if args.export_fields:
+        print(f"fields: {args.export_fields}/<trial>/disp_<fixed>_<moving>.nii.gz (Learn2Reg convention)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import csv
+
+    from .errors import ConfigError
+
+    if args.top:
+        return cmd_evaluate_top(args)
+    if not args.checkpoint:
+        raise ConfigError("give --checkpoint PT, or --top K to re-evaluate a study's best trials")
 
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate_pairs, summarise
@@ -194,6 +218,20 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .data.source import load_data
+    from .doctor import FAIL, format_checks, run_doctor
+
+    cfg = _config(args)
+    vols = load_data(cfg.data, progress=not args.quiet)
+    checks = run_doctor(cfg, vols, raw_p99=vols.raw_p99, steps=args.steps)
+    print(f"regtune doctor: {len(vols)} subjects from {cfg.data.root or 'synthetic phantoms'}, "
+          f"config lr={cfg.train.lr:g} {cfg.loss.similarity}+{cfg.loss.regulariser}x{cfg.loss.reg_weight:g}"
+          f"{f'+dice x{cfg.loss.dice_weight:g}' if cfg.loss.dice_weight else ''}, int_steps={cfg.model.int_steps}")
+    print(format_checks(checks))
+    return 1 if any(c.verdict == FAIL for c in checks) else 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import SynthSpec, write_dataset
 
@@ -234,10 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="auto")
         q.add_argument("--quiet", action="store_true")
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on pairs against no registration")
-    e.add_argument("--checkpoint", required=True, metavar="PT")
+    e = sub.add_parser("evaluate", help="score a checkpoint (or a study's top K) on pairs against no registration",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  regtune evaluate --checkpoint RUN/best.pt --data DATA\n"
+                              "  regtune evaluate --top 3 --study real-cpu --data DATA --pairs heldout.csv --export-fields fields/")
+    e.add_argument("--checkpoint", metavar="PT")
     data_args(e)
     e.add_argument("--out", metavar="DIR", help="where pairs.csv and summary.json go (default: next to the checkpoint)")
+    e.add_argument("--top", type=int, metavar="K", help="re-evaluate the K best trials of a study (from MLflow)")
+    e.add_argument("--study", metavar="NAME", help="with --top: the study (default: the most recent)")
+    e.add_argument("--tracking-uri", metavar="URI", help="with --top: MLflow store (default: sqlite:///regtune-runs/mlflow.db)")
+    e.add_argument("--runs-dir", default=str(RUNS), metavar="DIR")
+    e.add_argument("--export-fields", metavar="DIR", help="with --top: write each trial's Learn2Reg displacement fields")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("register", help="write displacement fields and warped images for pairs",
@@ -252,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--fields-only", action="store_true", help="write only disp_*.nii.gz")
     r.set_defaults(func=cmd_register)
+
+    dr = sub.add_parser("doctor", help="seconds-long preflight checks of data + config (exit 1 on a failed check)",
+                        description="Check what makes registration training fail before spending hours: the "
+                                    "transformer's conventions, intensity scales, labels, the initial field, the "
+                                    "gradient of each loss term, and whether the loss falls on one pair.")
+    _add_config_args(dr)
+    dr.add_argument("--steps", type=int, default=40, help="steps of the overfit-one-pair check (default 40)")
+    dr.add_argument("--quiet", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

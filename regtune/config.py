@@ -41,6 +41,9 @@ class DataConfig:
     val_pairs: number of fixed validation pairs drawn among the validation subjects.
     split_seed: seed of the subject split and of the validation pair list.
     clip_low / clip_high: per-image percentiles clipped before rescaling to [0, 1].
+    normalise: per-image normalisation on (true, strongly recommended); false keeps the
+        stored intensities (only for data already normalised; ``regtune doctor`` fails
+        when they span orders of magnitude).
     mask_padding: set the replicated edge padding around the real crop to 0.
     pairs: ``random`` draws fresh pairs each step; ``all`` walks the all-vs-all list.
     use_unlabelled: also train on ``imagesTs/`` images (unsupervised terms only).
@@ -55,6 +58,7 @@ class DataConfig:
     split_seed: int = 0
     clip_low: float = 1.0
     clip_high: float = 99.0
+    normalise: bool = True
     mask_padding: bool = False
     pairs: str = "random"
     use_unlabelled: bool = False

@@ -190,6 +190,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                                                 "val": [vols.names[i] for i in split.val],
                                                 "val_pairs": [[vols.names[f], vols.names[m]] for f, m in val_pairs]}, indent=1))
     val_names = [[vols.names[f], vols.names[m]] for f, m in val_pairs]
+    noreg_dice = summarise(evaluate_pairs(None, vols, val_pairs, with_hd95=False))["dice"]
     prep = _Prepared(cfg, vols, device)
     model = RegNet(cfg.model).to(device)
     if t.channels_last:
@@ -238,7 +239,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
             n_steps += 1
             if step % sync_every == 0 or n_steps == t.steps_per_epoch:
                 if not (torch.isfinite(terms.total) and torch.isfinite(gnorm)):
-                    status, reason = "diverged_nan", f"non-finite loss ({float(terms.total):.3g}) or gradient norm ({float(gnorm):.3g}) at step {step}"
+                    status, reason = "diverged_nan", f"non-finite loss ({float(terms.total.detach()):.3g}) or gradient norm ({float(gnorm):.3g}) at step {step}"
                     break
             opt.step()
             for k, v in terms.items().items():
@@ -255,9 +256,10 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         train_m["lr"] = t.lr
         if status == "diverged_nan":
             train_m["train_loss"] = math.nan
-            metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}}
+            metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}, "val_dice_noreg": noreg_dice}
         else:
             val = _validate(cfg, model, vols, prep, val_pairs, device)
+            val["val_dice_noreg"] = noreg_dice
             metrics = {**train_m, **val}
             status, reason = guard.check(train_m["train_loss"], val)
             if status == "running":

@@ -46,6 +46,7 @@ class Volumes:
     affine: np.ndarray
     label_values: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
+    raw_p99: dict[str, float] = field(default_factory=dict)  # 99th percentile as stored on disk
 
     def __len__(self) -> int:
         return len(self.names)
@@ -115,17 +116,21 @@ def padding_region(img: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple(region)
 
 
-def _load_image(path: Path, cfg: DataConfig, notes: list[str]) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _load_image(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, tuple, float]:
     arr, aff, spacing = read_volume(path)
+    raw_p99 = float(np.percentile(arr, 99))
     if cfg.mask_padding:
         (x0, x1), (y0, y1), (z0, z1) = padding_region(arr)
-    img = normalise_intensity(arr, cfg.clip_low, cfg.clip_high, where=str(path))
+    if cfg.normalise:
+        img = normalise_intensity(arr, cfg.clip_low, cfg.clip_high, where=str(path))
+    else:
+        img = arr.astype(np.float32)
     if cfg.mask_padding:
         mask = np.zeros(img.shape, bool)
         mask[x0:x1, y0:y1, z0:z1] = True
         if not mask.all():
             img = np.where(mask, img, 0).astype(np.float32)
-    return img, aff, spacing
+    return img, aff, spacing, raw_p99
 
 
 def load_folder(root: str | Path, cfg: DataConfig, progress: bool = False) -> Volumes:
@@ -173,7 +178,7 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
     if len(files) < 1:
         raise DataError("no images to load")
     notes: list[str] = []
-    names, imgs, labs, has_lab = [], [], [], []
+    names, imgs, labs, has_lab, p99 = [], [], [], [], {}
     ref_shape = ref_aff = ref_spacing = None
     it: Iterable = files
     if progress:
@@ -181,7 +186,7 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
         it = tqdm(files, desc=f"loading {desc}", unit="vol", leave=False)
     for ipath, lpath in it:
         ipath = Path(ipath)
-        img, aff, spacing = _load_image(ipath, cfg, notes)
+        img, aff, spacing, p99[stem(ipath)] = _load_image(ipath, cfg)
         if ref_shape is None:
             ref_shape, ref_aff, ref_spacing = img.shape, aff, spacing
         elif img.shape != ref_shape:
@@ -216,4 +221,5 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
         affine=ref_aff,  # type: ignore[arg-type]
         label_values=tuple(cfg.labels),
         notes=notes,
+        raw_p99=p99,
     )

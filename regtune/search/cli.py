@@ -43,6 +43,18 @@ def add_commands(sub) -> None:
     s.add_argument("--quiet", action="store_true", help="only the final summary")
     s.set_defaults(func=cmd_search)
 
+    g = sub.add_parser("diagnose", help="classify a study's trials and explain divergence (report + next space)",
+                       description="Read a study back from MLflow (and its Optuna study) and explain it: each trial's "
+                                   "class, which parameters separate diverged from converged trials, safe ranges, and "
+                                   "a narrowed next space. Writes report.html/report.md with figures and logs them to "
+                                   "the study's MLflow parent run.")
+    g.add_argument("--study", help="study name (default: the most recent study in the store)")
+    g.add_argument("--tracking-uri", metavar="URI", help="default: sqlite:///regtune-runs/mlflow.db")
+    g.add_argument("--out", metavar="DIR", help="default: regtune-runs/studies/<name>/diagnosis")
+    g.add_argument("--runs-dir", default=str(RUNS), metavar="DIR")
+    g.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    g.set_defaults(func=cmd_diagnose)
+
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the study store")
     u.add_argument("--tracking-uri", metavar="URI", help="default: sqlite:///regtune-runs/mlflow.db")
     u.add_argument("--port", type=int, default=5000)
@@ -72,17 +84,55 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+def default_uri(runs_dir: str, given: str | None) -> str:
+    from ..errors import RegtuneError
+
+    if given:
+        return given
+    db = Path(runs_dir) / "mlflow.db"
+    if not db.is_file():
+        raise RegtuneError(f"{db}: no MLflow store yet; run 'regtune search --space ...' first or pass --tracking-uri")
+    return f"sqlite:///{db.resolve()}"
+
+
+def latest_study(uri: str) -> str:
+    from mlflow.tracking import MlflowClient
 
     from ..errors import RegtuneError
 
-    uri = args.tracking_uri
-    if uri is None:
-        db = Path(args.runs_dir) / "mlflow.db"
-        if not db.is_file():
-            raise RegtuneError(f"{db}: no MLflow store yet; run 'regtune search --space ...' first or pass --tracking-uri")
-        uri = f"sqlite:///{db.resolve()}"
+    client = MlflowClient(uri)
+    exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
+    if not exps:
+        raise RegtuneError(f"no study in {uri}; run 'regtune search' first")
+    return exps[0].name
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose, explain, write_report
+
+    uri = default_uri(args.runs_dir, args.tracking_uri)
+    name = args.study or latest_study(uri)
+    d, client = diagnose(uri, name)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "studies" / name / "diagnosis"
+    report = write_report(d, client, out)
+    print(f"diagnosis of study '{name}' ({len(d.trials)} trials)")
+    for line in explain(d):
+        print(" -", line.replace("**", ""))
+    print(f"\n{'trial':10s} {'class':30s} {'Dice':>6s} {'fold%':>6s}  params")
+    for t in sorted(d.trials, key=lambda t: -t.metrics.get("best_score", -1e9)):
+        p = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in t.params.items())
+        print(f"{t.trial_id:10s} {t.cls:30s} {t.metrics.get('best_val_dice', float('nan')):6.3f} "
+              f"{t.metrics.get('best_val_folding_pct', float('nan')):6.3f}  {p}")
+    if not args.no_log:
+        client.log_artifacts(d.parent_run_id, str(out), artifact_path="diagnosis")
+    print(f"\nreport: {report}\nnext space: {out / 'next_space.yaml'}  (regtune search --space {out / 'next_space.yaml'})")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    uri = default_uri(args.runs_dir, args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port}  ({uri}); Ctrl-C to stop", file=sys.stderr)
     return subprocess.call(cmd)

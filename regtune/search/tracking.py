@@ -70,7 +70,9 @@ class StudyTracker(tune.Callback):
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             loc = (self.artifact_root / name).resolve().as_uri() if self.artifact_root else None
-            exp_id = self.client.create_experiment(name, artifact_location=loc)
+            # the experiment kind makes MLflow 3's UI open the training-runs view, not the GenAI one
+            exp_id = self.client.create_experiment(name, artifact_location=loc,
+                                                   tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             exp_id = exp.experiment_id
         self.state["experiment_id"] = exp_id
@@ -108,7 +110,7 @@ class StudyTracker(tune.Callback):
             return self.state["trials"][tid]
         run = self.client.create_run(self.state["experiment_id"], run_name=f"trial {tid}", tags={
             "mlflow.parentRunId": self.state["parent_run_id"], "regtune.kind": "trial", "regtune.study": self.space.name,
-            "regtune.trial_id": tid, STATUS_TAG: "running"})
+            "regtune.trial_id": tid, STATUS_TAG: "running", "regtune.searched": ",".join(trial.config)})
         rid = run.info.run_id
         params = [Param(k, str(v)) for k, v in trial.config.items()]
         base = {k: v for k, v in self.space.base.flat().items() if k not in trial.config}

@@ -32,7 +32,8 @@ def volumes_payload(vols: Volumes) -> dict[str, Any]:
     """Plain numpy/python form of the dataset for the object store."""
     return {"names": list(vols.names), "images": vols.images.numpy(), "labels": vols.labels.numpy(),
             "labelled": vols.labelled.numpy(), "spacing": tuple(vols.spacing), "affine": np.asarray(vols.affine),
-            "label_values": tuple(vols.label_values), "notes": list(vols.notes)}
+            "label_values": tuple(vols.label_values), "notes": list(vols.notes),
+            "raw_p99": dict(vols.raw_p99)}
 
 
 def volumes_from_payload(p: dict[str, Any]) -> Volumes:
@@ -40,7 +41,7 @@ def volumes_from_payload(p: dict[str, Any]) -> Volumes:
         warnings.simplefilter("ignore", UserWarning)
         return Volumes(names=list(p["names"]), images=torch.from_numpy(p["images"]), labels=torch.from_numpy(p["labels"]),
                        labelled=torch.from_numpy(p["labelled"]), spacing=tuple(p["spacing"]), affine=p["affine"],
-                       label_values=tuple(p["label_values"]), notes=list(p["notes"]))
+                       label_values=tuple(p["label_values"]), notes=list(p["notes"]), raw_p99=dict(p.get("raw_p99", {})))
 
 
 def report_metrics(space: SearchSpace, e: EpochResult, reason: str) -> dict[str, Any]:
@@ -87,6 +88,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
             curves_png(figs / "curves.png", _history(work), title=title)
             if e.is_best and e.model is not None and e.val_pairs:
                 pair_figures(work / "figures", e.model, vols, e.val_pairs[0], cfg.data.downsample, tag=f"epoch {e.epoch}")
+            if e.status in ("collapsed", "diverged_rising") and e.model is not None and e.val_pairs:
+                # what the failure looks like: the warp of the model as it diverged
+                pair_figures(work / "figures" / "diverged", e.model, vols, e.val_pairs[0], cfg.data.downsample,
+                             tag=f"{e.status} at epoch {e.epoch}")
+                for png in (work / "figures" / "diverged").glob("*.png"):
+                    shutil.copy2(png, work / "figures" / f"diverged_{png.name}")
             for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
                 shutil.copy2(png, figs / png.name)
             tune.report(report_metrics(space, e, e.reason), checkpoint=tune.Checkpoint.from_directory(tmp))
