@@ -127,7 +127,7 @@ def cmd_evaluate_top(args: argparse.Namespace) -> int:
     study = args.study or latest_study(uri)
     base, results = evaluate_top(uri, study, args.top, args.data, args.pairs, args.export_fields,
                                  device=str(pick_device(args.device)), progress=not args.quiet)
-    print(f"study '{study}': top {len(results)} trials re-evaluated on {results[0].summary and len(results[0].rows)} pairs "
+    print(f"study '{study}': top {len(results)} trials re-evaluated on {len(results[0].rows)} pairs "
           f"({args.pairs or 'the checkpoints val pairs'}); test_* metrics and evaluation/test_pairs_*.csv logged to each run")
     print(format_top(base, results))
     if args.export_fields:

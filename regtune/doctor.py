@@ -19,7 +19,7 @@ import torch
 from .config import Config
 from .data.dataset import Volumes
 from .losses import regulariser, similarity, soft_dice_loss
-from .model import RegNet, downsample_image, warp
+from .model import RegNet, downsample_image, outside_fraction, warp
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -39,7 +39,7 @@ def check_transformer(vols: Volumes, warp_fn: Callable = warp) -> Check:
     img = vols.images[:1].float()
     lab = vols.labels[:1].unsqueeze(1).float()
     zero = torch.zeros(1, 3, *vols.shape)
-    err = float((warp_fn(img, zero) - img).abs().max())
+    err = float((warp_fn(img, zero) - img).abs().max()) / max(float(img.abs().max()), 1e-12)
     if err > 1e-4:
         return Check("transformer", FAIL, f"a zero displacement changes the image (max |diff| {err:.3g}): the sampling "
                      f"grid's axis order or its align_corners normalisation is wrong",
@@ -157,12 +157,17 @@ def check_gradients(cfg: Config, vols: Volumes, pair: tuple[int, int]) -> Check:
                      "check the intensities and the NCC variance clamping")
     if norms["similarity"] == 0:
         return Check("gradients", FAIL, f"the similarity term has no gradient ({desc})", "check the loss sign and inputs")
-    active = {k: v for k, v in norms.items() if v > 0}
-    big = max(active, key=active.get)
-    small = min(active, key=active.get)
-    if active[big] > 100 * active[small] and big != "similarity":
-        return Check("gradients", WARN, f"{big} dwarfs {small} at initialisation ({desc}); "
-                     f"training will mostly follow {big}", f"lower loss.{ 'reg_weight' if big == 'regulariser' else 'dice_weight'}")
+    if norms["similarity"] > 1e3:
+        return Check("gradients", WARN, f"the similarity gradient is huge at initialisation ({desc})",
+                     "normalise intensities (data.normalise: true); enable train.grad_clip")
+    # the regulariser's gradient is ~0 near identity by design, so only a term that
+    # dwarfs the similarity is a problem: training would ignore the images
+    sim = norms["similarity"]
+    for name in ("regulariser", "dice"):
+        if norms.get(name, 0.0) > 100 * sim:
+            key = "reg_weight" if name == "regulariser" else "dice_weight"
+            return Check("gradients", WARN, f"{name} dwarfs the similarity at initialisation ({desc}); "
+                         f"training will mostly follow {name}", f"lower loss.{key} or raise loss.sim_weight")
     return Check("gradients", OK, f"term gradient norms at start: {desc}")
 
 
@@ -187,13 +192,22 @@ def check_overfit(cfg: Config, vols: Volumes, pair: tuple[int, int], steps: int 
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
         opt.step()
-        losses.append(float(t.total))
+        losses.append(float(t.total.detach()))
     with torch.no_grad():
         d = net(m, f)
         wmean, mmean = float(warp(m, d).mean()), float(m.mean())
+        outside = float(outside_fraction(d).max())
     k = max(3, steps // 8)
-    first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+    first, last = losses[0], float(np.mean(losses[-k:]))  # losses[0]: before any update
     rel = (first - last) / max(abs(first), 1e-8)
+    peak = max(losses)
+    if outside > cfg.train.collapse_outside:
+        return Check("overfit one pair", FAIL, f"after {steps} steps {100 * outside:.0f}% of sample points left the volume "
+                     f"(lr {cfg.train.lr:g}, loss peaked at {peak:.3g})",
+                     "the field explodes: lower train.lr, enable train.grad_clip, raise loss.reg_weight, use model.int_steps")
+    if peak > 10 * abs(first) + 1e-6 and peak > first:
+        return Check("overfit one pair", FAIL, f"loss jumped from {first:.4g} to {peak:.4g} during {steps} steps "
+                     f"(lr {cfg.train.lr:g})", "lower train.lr and enable train.grad_clip")
     if wmean < cfg.train.collapse_intensity * mmean:
         return Check("overfit one pair", FAIL, f"the warped image went dark (mean {wmean:.3f} vs {mmean:.3f})",
                      "the field is leaving the volume: lower train.lr or raise loss.reg_weight")

@@ -25,6 +25,6 @@ def synth_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("synth"), SynthSpec(n_subjects=8, size=32, amplitude=2.0, seed=1))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data() -> Path:
     return real_data_or_skip()

@@ -23,10 +23,11 @@ from ..errors import RegtuneError
 from .space import Param, SearchSpace, parse_space
 
 DIVERGED = ("diverged (NaN/inf)", "diverged (loss rising)", "collapsed")
-CLASSES = ("converged", "stopped early", "no motion (over-regularised)", "folding", *DIVERGED, "error", "interrupted")
+CLASSES = ("converged", "stopped early", "no motion (over-regularised)", "folding", *DIVERGED, "error", "interrupted",
+           "unfinished")
 COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", "no motion (over-regularised)": "#1f77b4",
            "folding": "#ff7f0e", "diverged (NaN/inf)": "#d62728", "diverged (loss rising)": "#e377c2",
-           "collapsed": "#000000", "error": "#8c564b", "interrupted": "#bcbd22"}
+           "collapsed": "#000000", "error": "#8c564b", "interrupted": "#bcbd22", "unfinished": "#17becf"}
 NO_MOTION_MARGIN = 0.02
 
 
@@ -85,6 +86,8 @@ def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
         return "error"
     if st == "interrupted":
         return "interrupted"
+    if st in ("running", "time_limit") and "best_val_dice" not in t.metrics:
+        return "unfinished"
     dice = t.metrics.get("best_val_dice", math.nan)
     fold = t.metrics.get("best_val_folding_pct", t.metrics.get("final_val_folding_pct", 0.0))
     if math.isfinite(fold) and fold > folding_limit:
@@ -121,10 +124,14 @@ def _noreg(trials: list[TrialInfo]) -> float:
     vals = [v for t in trials for _, v in t.history.get("val_dice_noreg", [])[:1] if math.isfinite(v)]
     if vals:
         return float(np.median(vals))
-    # older studies: the lowest first-epoch Dice of trials that did not diverge
-    firsts = [t.history["val_dice"][0][1] for t in trials if t.history.get("val_dice") and t.status not in
+    # older studies: the first-epoch Dice most trials share (a trial that has not moved
+    # yet scores exactly the no-registration Dice), else the lowest first-epoch Dice
+    firsts = [round(t.history["val_dice"][0][1], 6) for t in trials if t.history.get("val_dice") and t.status not in
               ("diverged_nan", "diverged_rising", "collapsed") and math.isfinite(t.history["val_dice"][0][1])]
-    return float(min(firsts)) if firsts else math.nan
+    if not firsts:
+        return math.nan
+    vals, counts = np.unique(firsts, return_counts=True)
+    return float(vals[np.argmax(counts)]) if counts.max() >= 2 else float(min(firsts))
 
 
 def _distributions(space: SearchSpace):
@@ -150,7 +157,7 @@ def importances(space: SearchSpace, trials: list[TrialInfo], value: str) -> dict
     study = optuna.create_study(direction="maximize")
     vals = []
     for t in trials:
-        if t.cls in ("error", "interrupted"):
+        if t.cls in ("error", "interrupted", "unfinished"):
             continue
         v = float(t.cls in DIVERGED) if value == "diverged" else t.metrics.get("best_score", t.metrics.get("final_score", math.nan))
         if not math.isfinite(v):
@@ -170,7 +177,7 @@ def separators(space: SearchSpace, trials: list[TrialInfo]) -> list[dict]:
     """Per parameter, the single threshold (or category set) that best separates diverged
     from non-diverged trials, best first."""
     rows = []
-    ts = [t for t in trials if t.cls not in ("error", "interrupted")]
+    ts = [t for t in trials if t.cls not in ("error", "interrupted", "unfinished")]
     y = np.array([t.cls in DIVERGED for t in ts])
     if y.all() or not y.any():
         return []
@@ -225,7 +232,7 @@ def next_space(space: SearchSpace, trials: list[TrialInfo]) -> dict:
     doc = dict(doc or {})
     good = sorted([t for t in trials if t.cls == "converged"], key=lambda t: -t.metrics.get("best_score", -math.inf))
     if len(good) < 2:
-        good = sorted([t for t in trials if t.cls not in DIVERGED + ("error", "interrupted")],
+        good = sorted([t for t in trials if t.cls not in DIVERGED + ("error", "interrupted", "unfinished")],
                       key=lambda t: -t.metrics.get("best_score", -math.inf))
     top = good[: max(2, (len(good) + 1) // 2)]
     params = dict(doc.get("params", {}))
@@ -326,7 +333,7 @@ def plot_scatter(d: Diagnosis, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(nums), figsize=(4.2 * len(nums), 3.6), squeeze=False)
     for ax, p in zip(axes[0], nums):
         for t in d.trials:
-            if p.key not in t.params:
+            if p.key not in t.params or t.cls in ("unfinished", "interrupted", "error"):
                 continue
             dice = t.metrics.get("best_val_dice", math.nan)
             y = dice if math.isfinite(dice) and t.cls not in DIVERGED else 0.0
@@ -390,6 +397,9 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None) -> tup
         local = client.download_artifacts(runs[0].info.run_id, "space.yaml")
         space_text = Path(local).read_text()
     space = parse_space(yaml.safe_load(space_text), f"study '{name}' space.yaml", space_text)
+    import dataclasses
+
+    space = dataclasses.replace(space, name=name)  # a study started with --name keeps its own name
     parent, trials = load_trials(client, space, exp.experiment_id)
     noreg = _noreg(trials)
     for t in trials:

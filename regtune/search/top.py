@@ -41,6 +41,21 @@ def top_runs(client, study: str, k: int):
     return runs[:k]
 
 
+def _searched_keys(client, run) -> list[str]:
+    """The study's searched parameter names: from the trial's tag, else its space.yaml."""
+    tag = run.data.tags.get("regtune.searched")
+    if tag:
+        return tag.split(",")
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = client.download_artifacts(run.data.tags["mlflow.parentRunId"], "space.yaml", tmp)
+            return list((yaml.safe_load(Path(p).read_text()) or {}).get("params", {}))
+    except Exception:
+        return []
+
+
 def evaluate_top(tracking_uri: str, study: str, k: int, data: str | None, pairs_csv: str | None,
                  export_fields: str | None = None, device: str = "cpu", log: bool = True, progress: bool = True):
     """Returns (no-registration summary, list of TopResult), best first."""
@@ -55,6 +70,7 @@ def evaluate_top(tracking_uri: str, study: str, k: int, data: str | None, pairs_
 
     client = MlflowClient(tracking_uri)
     runs = top_runs(client, study, k)
+    searched = _searched_keys(client, runs[0])
     results: list[TopResult] = []
     vols = pairs = None
     base = None
@@ -84,7 +100,7 @@ def evaluate_top(tracking_uri: str, study: str, k: int, data: str | None, pairs_
                                   progress=progress)
             s = summarise(rows)
             tr = TopResult(r.data.tags.get("regtune.trial_id", ""), r.info.run_id,
-                           {k_: r.data.params[k_] for k_ in r.data.tags.get("regtune.searched", "").split(",") if k_ in r.data.params},
+                           {k_: r.data.params[k_] for k_ in searched if k_ in r.data.params},
                            r.data.metrics.get("best_val_dice", float("nan")), s, rows)
             results.append(tr)
             if log:
@@ -102,12 +118,19 @@ def evaluate_top(tracking_uri: str, study: str, k: int, data: str | None, pairs_
     return base, results
 
 
+def _short(v: str) -> str:
+    try:
+        return f"{float(v):.3g}"
+    except ValueError:
+        return v
+
+
 def format_top(base: dict, results: list[TopResult]) -> str:
     lines = [f"{'rank':4s} {'trial':10s} {'val Dice':>8s} {'test Dice':>9s} {'±':>6s} {'HD95':>6s} {'SDlogJ':>7s} {'fold %':>7s}  params",
              f"{'-':4s} {'no registration':19s} {base['dice']:9.3f} {base['dice_std']:6.3f} {base['hd95']:6.2f} {'—':>7s} {'—':>7s}"]
     for i, r in enumerate(results, 1):
         s = r.summary
-        p = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.params.items())
+        p = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r.params.items())
         lines.append(f"{i:<4d} {r.trial_id:10s} {r.val_dice:8.3f} {s['dice']:9.3f} {s['dice_std']:6.3f} {s['hd95']:6.2f} "
                      f"{s['sdlogj']:7.3f} {s['folding_pct']:7.3f}  {p}")
     return "\n".join(lines)

@@ -169,18 +169,24 @@ class StudyTracker(tune.Callback):
             print(line, flush=True)
 
     # ---- completion -----------------------------------------------------------
-    def final_status(self, trial, failed: bool) -> str:
+    def final_status(self, trial, failed: bool, override: str | None = None) -> str:
         last = self.last.get(trial.trial_id) or (trial.last_result or {})
         status = str(last.get("status", "running"))
         if failed:
             return "error"
+        if override and status == "running":
+            return override
         if status == "running":  # ended without a final status: the scheduler stopped it
             return "stopped_early"
         return status
 
-    def _finish(self, trial, failed: bool) -> None:
+    def _finish(self, trial, failed: bool, override: str | None = None) -> None:
         rid = self._run_id(trial)
-        status = self.final_status(trial, failed)
+        status = self.final_status(trial, failed, override)
+        self.state.setdefault("finished", [])
+        if trial.trial_id not in self.state["finished"]:
+            self.state["finished"].append(trial.trial_id)
+            self._save()
         last = self.last.get(trial.trial_id) or (trial.last_result or {})
         best = self.best.get(trial.trial_id) or last
         tags = {STATUS_TAG: status, "regtune.reason": str(last.get("reason", ""))[:5000]}
@@ -232,11 +238,16 @@ class StudyTracker(tune.Callback):
         self._ensure()
         assert self.client is not None
         self.reconcile(trials)
+        # trials Ray ended without a completion callback (the study's time limit): close them too
+        for t in trials:
+            if t.trial_id in self.state["trials"] and t.trial_id not in self.state.get("finished", []) \
+                    and t.status not in ("PENDING",):
+                self._finish(t, failed=t.status == "ERROR", override="time_limit")
         parent = self.state["parent_run_id"]
         statuses: dict[str, int] = {}
         best_score, best_trial = -math.inf, None
         for t in trials:
-            st = self.final_status(t, failed=t.status == "ERROR")
+            st = self.final_status(t, failed=t.status == "ERROR", override="time_limit")
             statuses[st] = statuses.get(st, 0) + 1
             b = self.best.get(t.trial_id) or (t.last_result or {})
             if b.get("score", -math.inf) > best_score:
