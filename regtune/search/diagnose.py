@@ -23,9 +23,9 @@ from ..errors import RegtuneError
 from .space import Param, SearchSpace, parse_space
 
 DIVERGED = ("diverged (NaN/inf)", "diverged (loss rising)", "collapsed")
-CLASSES = ("converged", "stopped early", "no motion (over-regularised)", "folding", *DIVERGED, "error", "interrupted",
+CLASSES = ("converged", "stopped early", "no motion (over-regularised or lr too small)", "folding", *DIVERGED, "error", "interrupted",
            "unfinished")
-COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", "no motion (over-regularised)": "#1f77b4",
+COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", "no motion (over-regularised or lr too small)": "#1f77b4",
            "folding": "#ff7f0e", "diverged (NaN/inf)": "#d62728", "diverged (loss rising)": "#e377c2",
            "collapsed": "#000000", "error": "#8c564b", "interrupted": "#bcbd22", "unfinished": "#17becf"}
 NO_MOTION_MARGIN = 0.02
@@ -93,7 +93,7 @@ def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
     if math.isfinite(fold) and fold > folding_limit:
         return "folding"
     if math.isfinite(noreg_dice) and math.isfinite(dice) and dice < noreg_dice + NO_MOTION_MARGIN:
-        return "no motion (over-regularised)" if st == "completed" else "stopped early"
+        return "no motion (over-regularised or lr too small)" if st == "completed" else "stopped early"
     if st == "stopped_early":
         return "stopped early"
     return "converged"
@@ -216,7 +216,7 @@ def separators(space: SearchSpace, trials: list[TrialInfo]) -> list[dict]:
 
 
 def safe_ranges(space: SearchSpace, trials: list[TrialInfo]) -> dict[str, Any]:
-    ok = [t for t in trials if t.cls in ("converged", "stopped early", "folding", "no motion (over-regularised)")]
+    ok = [t for t in trials if t.cls in ("converged", "stopped early", "folding", "no motion (over-regularised or lr too small)")]
     out: dict[str, Any] = {}
     for p in space.params:
         vals = [t.params[p.key] for t in ok if p.key in t.params]
@@ -437,7 +437,7 @@ def explain(d: Diagnosis) -> list[str]:
             lines.append("What the diverged trials reported: " + "; ".join(reasons[:4]) + ".")
     elif not n_div:
         lines.append("No trial diverged: the searched region is stable.")
-    nm = [t for t in d.trials if t.cls == "no motion (over-regularised)"]
+    nm = [t for t in d.trials if t.cls == "no motion (over-regularised or lr too small)"]
     if nm:
         lines.append(f"{len(nm)} trial(s) never moved beyond the no-registration Dice ({d.noreg_dice:.3f}): "
                      + "; ".join(_fmt_params(t.params) for t in nm[:3]) + ".")
