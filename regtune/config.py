@@ -121,7 +121,7 @@ class TrainConfig:
     max_minutes: wall-clock budget (0 = none); training stops after the epoch that crosses it.
     grad_clip: max global gradient norm (0 = off).
     rising_patience: stop as ``diverged_rising`` after this many consecutive epochs whose
-        mean training loss is above the best so far by ``rising_tolerance`` (relative).
+        validation loss (fixed pairs) is above the best so far by ``rising_tolerance`` (relative).
     collapse_intensity: stop as ``collapsed`` when the mean warped intensity falls below
         this fraction of the mean moving intensity.
     collapse_outside: stop as ``collapsed`` when more than this fraction of sample points

@@ -5,7 +5,7 @@ Statuses a run ends with (``TrainResult.status``):
 
 - ``completed``: all epochs ran (or the wall-clock budget ended it);
 - ``diverged_nan``: a NaN/inf loss or gradient norm;
-- ``diverged_rising``: the epoch training loss stayed above its best for
+- ``diverged_rising``: the validation loss (fixed pairs) stayed above its best for
   ``train.rising_patience`` epochs in a row;
 - ``collapsed``: the warped images lost their intensity (the "black warp") or the field
   sent too many sample points outside the volume;
@@ -149,12 +149,15 @@ class DivergenceGuard:
                                  f"{t.collapse_intensity:g} x moving intensity {val['val_moving_intensity']:.3f} (black warp)")
         if val["val_outside_pct"] > 100 * t.collapse_outside:
             return "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume (field collapse)"
-        if train_loss < self.best_loss:
-            self.best_loss, self.rising = train_loss, 0
-        elif train_loss > self.best_loss + t.rising_tolerance * abs(self.best_loss):
+        # "keeps rising" is judged on the validation loss: a fixed pair list, so it has no
+        # pair-sampling noise (the epoch-mean training loss of a few dozen random pairs has)
+        loss = val["val_loss"]
+        if loss < self.best_loss:
+            self.best_loss, self.rising = loss, 0
+        elif loss > self.best_loss + t.rising_tolerance * abs(self.best_loss):
             self.rising += 1
             if self.rising >= t.rising_patience:
-                return "diverged_rising", (f"training loss {train_loss:.4g} stayed above its best {self.best_loss:.4g} "
+                return "diverged_rising", (f"validation loss {loss:.4g} stayed above its best {self.best_loss:.4g} "
                                            f"for {self.rising} epochs")
         else:
             self.rising = 0

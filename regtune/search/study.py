@@ -213,7 +213,8 @@ def _trial_row(r, cfg: dict, tracker: StudyTracker) -> dict:
     row: dict[str, Any] = {"trial_id": tid, "params": cfg, "epochs": int(last.get("epoch", 0) or 0),
                            "run_id": tracker.state.get("trials", {}).get(tid, "")}
     st = str(last.get("status", "running"))
-    row["status"] = "error" if r.error else ("stopped_early" if st == "running" else st)
+    recorded = tracker.state.get("final_status", {}).get(tid)  # what MLflow holds for this trial
+    row["status"] = "error" if r.error else (recorded or ("stopped_early" if st == "running" else st))
     if df is not None and len(df) and "score" in df:
         i = df["score"].idxmax()
         for k in ("score", "val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):

@@ -183,6 +183,7 @@ class StudyTracker(tune.Callback):
     def _finish(self, trial, failed: bool, override: str | None = None) -> None:
         rid = self._run_id(trial)
         status = self.final_status(trial, failed, override)
+        self.state.setdefault("final_status", {})[trial.trial_id] = status
         self.state.setdefault("finished", [])
         if trial.trial_id not in self.state["finished"]:
             self.state["finished"].append(trial.trial_id)
