@@ -224,7 +224,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     for epoch in range(start_epoch + 1, t.epochs + 1):
         te = time.monotonic()
         budget_hit = False
-        sums = {"loss": 0.0, "loss_sim": 0.0, "loss_reg": 0.0, "loss_dice": 0.0}
+        sums = torch.zeros(4, device=device)  # accumulated on the device: no host sync per step
         n_steps = 0
         bar = None
         if progress:
@@ -245,17 +245,18 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                     status, reason = "diverged_nan", f"non-finite loss ({float(terms.total.detach()):.3g}) or gradient norm ({float(gnorm):.3g}) at step {step}"
                     break
             opt.step()
-            for k, v in terms.items().items():
-                sums[k] += v
+            sums += torch.stack([terms.total.detach(), terms.similarity, terms.regulariser, terms.dice]).float()
             if bar is not None:
-                bar.set_postfix(loss=f"{float(terms.total):.4f}")
+                if n_steps % 10 == 1:  # the only per-step sync, and only for the progress bar
+                    bar.set_postfix(loss=f"{float(terms.total.detach()):.4f}")
                 bar.update(1)
             if budget and time.monotonic() - t0 > budget:
                 budget_hit = True
                 break
         if bar is not None:
             bar.close()
-        train_m = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
+        means = (sums / max(n_steps, 1)).tolist()
+        train_m = {f"train_{k}": v for k, v in zip(("loss", "loss_sim", "loss_reg", "loss_dice"), means)}
         train_m["lr"] = t.lr
         if status == "diverged_nan":
             train_m["train_loss"] = math.nan
