@@ -110,6 +110,37 @@ def check_resources(space: SearchSpace, ray_mod) -> None:
                          f"lower resources.cpu")
 
 
+SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p", "efs")
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
+    """The filesystem type of the mount holding ``path`` (longest mount-point prefix)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "unknown"
+    p = str(Path(path).resolve())
+    best, fstype = "", "unknown"
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and (p == parts[1] or p.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype
+
+
+def check_storage(storage: str, n_nodes: int, mounts: str | None = None) -> None:
+    """On a multi-node cluster trial checkpoints must go to storage every node reaches."""
+    if n_nodes <= 1 or "://" in storage:
+        return
+    fstype = filesystem_type(storage, mounts)
+    if fstype in SHARED_FS or fstype.startswith("fuse."):
+        return
+    raise StudyError(f"--storage-path {storage} is on a node-local filesystem ({fstype}) but the Ray cluster has "
+                     f"{n_nodes} nodes: trials on other nodes could not save or restore checkpoints; pass shared "
+                     f"storage, e.g. --storage-path s3://BUCKET/regtune, gs://BUCKET/regtune or an NFS mount")
+
+
 def run_study(opts: StudyOptions) -> StudyResult:
     """Run the study described by ``opts`` to the end (or its time limit)."""
     t0 = time.monotonic()
@@ -151,6 +182,7 @@ def run_study(opts: StudyOptions) -> StudyResult:
 
     ray = _init_ray(opts.address, opts.verbose)
     check_resources(space, ray)
+    check_storage(opts.ray_storage, len([n for n in ray.nodes() if n.get("Alive")]))
 
     import optuna
     from ray.tune.schedulers import ASHAScheduler

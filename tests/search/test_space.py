@@ -110,3 +110,19 @@ def test_define_by_run_respects_conditions():
         seen.add(p["loss.similarity"])
         study.tell(t, 0.0)
     assert seen == {"ncc", "mse"}
+
+
+def test_node_local_storage_is_refused_on_multi_node_clusters():
+    from regtune.search.study import StudyError, check_storage, filesystem_type
+
+    mounts = ("/dev/vda / ext4 rw 0 0\n"
+              "server:/export /mnt/shared nfs4 rw 0 0\n"
+              "s3fs /mnt/bucket fuse.s3fs rw 0 0\n")
+    assert filesystem_type("/mnt/shared/studies", mounts) == "nfs4"
+    assert filesystem_type("/home/me", mounts) == "ext4"
+    check_storage("/home/me/runs", 1, mounts)  # single node: anything goes
+    check_storage("s3://bucket/regtune", 3, mounts)
+    check_storage("/mnt/shared/regtune", 3, mounts)
+    check_storage("/mnt/bucket/regtune", 3, mounts)
+    with pytest.raises(StudyError, match="node-local filesystem \\(ext4\\).*3 nodes.*s3://"):
+        check_storage("/home/me/runs", 3, mounts)
