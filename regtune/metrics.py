@@ -58,7 +58,6 @@ def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
     if disp.ndim != 4 or disp.shape[0] != 3:
         raise ValueError(f"jacobian_determinant expects a (3, X, Y, Z) displacement, got {disp.shape}")
     d = disp.astype(np.float64, copy=False)
-    core = (slice(2, -2),) * 3
     # J[i][j] = d u_i / d x_j + delta_ij on the cropped interior
     J = np.empty((3, 3) + tuple(s - 4 for s in d.shape[1:]))
     for j in range(3):
@@ -69,7 +68,6 @@ def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
         J[:, j] = 0.5 * (d[(slice(None), *hi)] - d[(slice(None), *lo)])
     for i in range(3):
         J[i, i] += 1.0
-    del core
     return (J[0, 0] * (J[1, 1] * J[2, 2] - J[1, 2] * J[2, 1])
             - J[0, 1] * (J[1, 0] * J[2, 2] - J[1, 2] * J[2, 0])
             + J[0, 2] * (J[1, 0] * J[2, 1] - J[1, 1] * J[2, 0]))

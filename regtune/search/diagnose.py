@@ -276,6 +276,19 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plotted_dice(t: TrialInfo) -> float:
+    """Best val Dice as plotted: diverged or Dice-less trials sit at 0."""
+    dice = t.metrics.get("best_val_dice", math.nan)
+    return dice if math.isfinite(dice) and t.cls not in DIVERGED else 0.0
+
+
 def plot_curves(d: Diagnosis, path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -302,10 +315,7 @@ def plot_curves(d: Diagnosis, path: Path) -> Path:
     axes[1].legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_importances(d: Diagnosis, path: Path) -> Path:
@@ -320,10 +330,7 @@ def plot_importances(d: Diagnosis, path: Path) -> Path:
             ax.text(0.5, 0.5, "not enough variation to compute", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         ax.set_xlim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_scatter(d: Diagnosis, path: Path) -> Path:
@@ -335,8 +342,7 @@ def plot_scatter(d: Diagnosis, path: Path) -> Path:
         for t in d.trials:
             if p.key not in t.params or t.cls in ("unfinished", "interrupted", "error"):
                 continue
-            dice = t.metrics.get("best_val_dice", math.nan)
-            y = dice if math.isfinite(dice) and t.cls not in DIVERGED else 0.0
+            y = _plotted_dice(t)
             x = t.params[p.key] if p.type != "categorical" else list(p.choices).index(t.params[p.key])
             ax.scatter([x], [y], color=COLOURS.get(t.cls, "#777"), marker="x" if t.cls in DIVERGED else "o", s=35)
         if p.log:
@@ -345,10 +351,7 @@ def plot_scatter(d: Diagnosis, path: Path) -> Path:
             ax.axhline(d.noreg_dice, color="k", ls="--", lw=1)
         ax.set_xlabel(p.key)
         ax.set_ylabel("best val Dice (x = diverged, plotted at 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_parallel(d: Diagnosis, path: Path) -> Path:
@@ -368,17 +371,13 @@ def plot_parallel(d: Diagnosis, path: Path) -> Path:
                 ys.append((math.log(v) - math.log(p.low)) / (math.log(p.high) - math.log(p.low)))
             else:
                 ys.append((v - p.low) / (p.high - p.low))
-        dice = t.metrics.get("best_val_dice", math.nan)
-        ys.append(dice if math.isfinite(dice) and t.cls not in DIVERGED else 0.0)
+        ys.append(_plotted_dice(t))
         ax.plot(range(len(ys)), ys, "o-", color=COLOURS.get(t.cls, "#777"), alpha=0.7, lw=1.5 if t.cls in DIVERGED else 1)
     ax.set_xticks(range(len(ps) + 1))
     ax.set_xticklabels([p.key + ("\n(log)" if p.log else "") for p in ps] + ["best Dice"], fontsize=8)
     ax.set_ylabel("position in searched range")
     ax.set_title("parallel coordinates (red/pink/black = diverged or collapsed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def diagnose(tracking_uri: str, name: str, space_text: str | None = None) -> tuple[Diagnosis, Any]:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -277,4 +276,4 @@ def open_ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-__all__ = ["StudyTracker", "sqlite_uri", "open_ui_command", "mlflow"]
+__all__ = ["StudyTracker", "sqlite_uri", "open_ui_command"]
