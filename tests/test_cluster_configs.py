@@ -45,5 +45,5 @@ def test_runtime_env_and_mlflow_server():
     assert "working_dir" in env and any("[study]" in p for p in env["pip"]["packages"])
     compose = load("mlflow/docker-compose.yaml")
     cmd = compose["services"]["mlflow"]["command"]
-    assert "postgresql://" in cmd and "--serve-artifacts" in cmd and "--app-name basic-auth" in cmd
+    assert "postgresql+psycopg://" in cmd and "psycopg[binary]" in cmd and "--serve-artifacts" in cmd and "--app-name basic-auth" in cmd
     assert all(p.startswith("127.0.0.1:") for p in compose["services"]["mlflow"]["ports"])  # never an open 0.0.0.0

@@ -88,10 +88,17 @@ def _init_ray(address: str | None, verbose: int):
         return ray
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose > 1, "configure_logging": True,
                           "logging_level": "WARNING"}
-    if address:
-        ray.init(address=address, **kw)
-    else:
+    if not address:
         ray.init(**kw)
+        return ray
+    try:
+        ray.init(address=address, **kw)
+    except (ConnectionError, RuntimeError) as e:
+        auth = "auth" in f"{e} {e.__cause__}".lower()
+        hint = ("the cluster uses token authentication: copy its token to ~/.ray/auth_token (or set "
+                "RAY_AUTH_TOKEN_PATH) and export RAY_AUTH_MODE=token" if auth else
+                "check the address (`ray status` on the head prints it) and that this machine can reach port 6379/10001")
+        raise StudyError(f"cannot connect to the Ray cluster at --address {address}: {hint}") from e
     return ray
 
 
@@ -129,15 +136,20 @@ def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
     return fstype
 
 
-def check_storage(storage: str, n_nodes: int, mounts: str | None = None) -> None:
-    """On a multi-node cluster trial checkpoints must go to storage every node reaches."""
-    if n_nodes <= 1 or "://" in storage:
+def cluster_hosts(ray_mod) -> int:
+    """Machines in the Ray cluster (alive nodes with distinct addresses; several nodes on one host share its disk)."""
+    return len({n.get("NodeManagerAddress") for n in ray_mod.nodes() if n.get("Alive")})
+
+
+def check_storage(storage: str, n_hosts: int, mounts: str | None = None) -> None:
+    """On a cluster spanning several machines trial checkpoints must go to storage every node reaches."""
+    if n_hosts <= 1 or "://" in storage:
         return
     fstype = filesystem_type(storage, mounts)
     if fstype in SHARED_FS or fstype.startswith("fuse."):
         return
     raise StudyError(f"--storage-path {storage} is on a node-local filesystem ({fstype}) but the Ray cluster has "
-                     f"{n_nodes} nodes: trials on other nodes could not save or restore checkpoints; pass shared "
+                     f"nodes on {n_hosts} machines: trials on other machines could not save or restore checkpoints; pass shared "
                      f"storage, e.g. --storage-path s3://BUCKET/regtune, gs://BUCKET/regtune or an NFS mount")
 
 
@@ -182,7 +194,11 @@ def run_study(opts: StudyOptions) -> StudyResult:
 
     ray = _init_ray(opts.address, opts.verbose)
     check_resources(space, ray)
-    check_storage(opts.ray_storage, len([n for n in ray.nodes() if n.get("Alive")]))
+    hosts = cluster_hosts(ray)
+    check_storage(opts.ray_storage, hosts)
+    if hosts > 1 and not opts.mlflow_uri.startswith(("http://", "https://", "databricks")) and opts.verbose:
+        print(f"note: the MLflow store {opts.mlflow_uri} is a file on this machine; on a team cluster pass "
+              f"--tracking-uri http://MLFLOW-HOST:5000 (cluster/README.md) so everyone can browse the study", flush=True)
 
     import optuna
     from ray.tune.schedulers import ASHAScheduler

@@ -129,7 +129,12 @@ class StudyTracker(tune.Callback):
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and _tracked(k) and math.isfinite(float(v))]
-        self.client.log_batch(rid, metrics=metrics, tags=[RunTag(STATUS_TAG, str(result.get("status", "running")))])
+        tags = [RunTag(STATUS_TAG, str(result.get("status", "running")))]
+        if result.get("node_id"):  # where the trial ran (after a retry: where it runs now)
+            tags += [RunTag("regtune.node_id", str(result["node_id"])), RunTag("regtune.node_ip", str(result.get("node_ip", "")))]
+        if result.get("resumed_from_epoch"):
+            tags.append(RunTag("regtune.resumed_from_epoch", str(result["resumed_from_epoch"])))
+        self.client.log_batch(rid, metrics=metrics, tags=tags)
         self.last[trial.trial_id] = dict(result)
         b = self.best.get(trial.trial_id)
         if b is None or result.get("score", -math.inf) > b.get("score", -math.inf):
@@ -269,7 +274,7 @@ class StudyTracker(tune.Callback):
 
 
 def _tracked(key: str) -> bool:
-    return key.startswith(("train_", "val_")) or key in ("score", "epoch_seconds", "diverged", "lr")
+    return key.startswith(("train_", "val_")) or key in ("score", "epoch_seconds", "diverged", "lr", "resumed_from_epoch")
 
 
 def open_ui_command(uri: str) -> str:

@@ -44,7 +44,7 @@ def volumes_from_payload(p: dict[str, Any]) -> Volumes:
                        label_values=tuple(p["label_values"]), notes=list(p["notes"]), raw_p99=dict(p.get("raw_p99", {})))
 
 
-def report_metrics(space: SearchSpace, e: EpochResult, reason: str) -> dict[str, Any]:
+def report_metrics(space: SearchSpace, e: EpochResult, reason: str, resumed_from: int = 0) -> dict[str, Any]:
     m = {k: (float(v) if v is not None else math.nan) for k, v in e.metrics.items()}
     diverged = e.status in ("diverged_nan", "diverged_rising", "collapsed")
     m["score"] = space.objective.diverged_score if diverged else space.objective.score(m)
@@ -54,7 +54,15 @@ def report_metrics(space: SearchSpace, e: EpochResult, reason: str) -> dict[str,
     m["status"] = e.status
     m["reason"] = reason
     m["diverged"] = int(diverged)
+    m["resumed_from_epoch"] = resumed_from  # 0: fresh start; k: restarted from the epoch-k checkpoint
+    m["node_id"] = _node_id()
     return m
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space: SearchSpace | None = None) -> None:
@@ -76,9 +84,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                     shutil.copy2(Path(d) / name, work / name)
         if (work / "last.pt").is_file():
             resume = work / "last.pt"
+    resumed_from: list[int] = []  # epoch of the checkpoint this worker started from (set at its first epoch)
     title = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
     def on_epoch(e: EpochResult) -> None:
+        if not resumed_from:
+            resumed_from.append(e.epoch - 1 if resume is not None else 0)
         with tempfile.TemporaryDirectory(prefix="regtune-ck-") as tmp:
             t = Path(tmp)
             for name in CHECKPOINT_FILES:
@@ -96,7 +107,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                     shutil.copy2(png, work / "figures" / f"diverged_{png.name}")
             for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
                 shutil.copy2(png, figs / png.name)
-            tune.report(report_metrics(space, e, e.reason), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(report_metrics(space, e, e.reason, resumed_from[0]), checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)
     shutil.rmtree(work, ignore_errors=True)

@@ -124,5 +124,18 @@ def test_node_local_storage_is_refused_on_multi_node_clusters():
     check_storage("s3://bucket/regtune", 3, mounts)
     check_storage("/mnt/shared/regtune", 3, mounts)
     check_storage("/mnt/bucket/regtune", 3, mounts)
-    with pytest.raises(StudyError, match="node-local filesystem \\(ext4\\).*3 nodes.*s3://"):
+    with pytest.raises(StudyError, match="node-local filesystem \\(ext4\\).*3 machines.*s3://"):
         check_storage("/home/me/runs", 3, mounts)
+
+
+def test_cluster_hosts_counts_machines_not_nodes():
+    """Several Ray nodes on one machine share its disk (the loopback test cluster); dead nodes don't count."""
+    from types import SimpleNamespace
+
+    from regtune.search.study import cluster_hosts
+
+    nodes = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}, {"NodeManagerAddress": "10.0.0.1", "Alive": True},
+             {"NodeManagerAddress": "10.0.0.2", "Alive": False}]
+    assert cluster_hosts(SimpleNamespace(nodes=lambda: nodes)) == 1
+    nodes[2]["Alive"] = True
+    assert cluster_hosts(SimpleNamespace(nodes=lambda: nodes)) == 2
