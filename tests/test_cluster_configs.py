@@ -22,6 +22,10 @@ def test_ray_cluster_launcher_config():
     assert gpu and all("InstanceType" in t["node_config"] and t["max_workers"] >= t.get("min_workers", 0) for t in gpu)
     assert any("ray start --head" in cmd for cmd in c["head_start_ray_commands"])
     assert any("--address" in cmd for cmd in c["worker_start_ray_commands"])
+    # Ray 2.60 token auth: the same token on every node, token mode on every ray start
+    assert any(k.endswith("/.ray/auth_token") for k in c["file_mounts"])
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in c["head_start_ray_commands"] + c["worker_start_ray_commands"]
+               if "ray start" in cmd)
 
 
 def test_kuberay_cluster_and_job():
