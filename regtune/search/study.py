@@ -89,7 +89,9 @@ def _init_ray(address: str | None, verbose: int):
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose > 1, "configure_logging": True,
                           "logging_level": "WARNING"}
     if not address:
-        ray.init(**kw)
+        # "local": always a fresh Ray on this machine, never a cluster recorded by an earlier
+        # `ray start` (a stale /tmp/ray/ray_current_cluster or RAY_ADDRESS would hijack it)
+        ray.init(address="local", **kw)
         return ray
     try:
         ray.init(address=address, **kw)

@@ -167,6 +167,11 @@ class RayCluster:
     def stop(self) -> None:
         for p in reversed(self.nodes):
             stop_group(p, grace=5)
+        # `ray start --head` recorded this cluster as the machine's default; forget it, as `ray stop` would
+        current = Path("/tmp/ray/ray_current_cluster")
+        port = self.address.rsplit(":", 1)[1]
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
     def alive_nodes(self) -> list[dict]:
         code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
