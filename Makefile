@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean train
+.PHONY: run test venv clean train bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,21 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Benchmarks against the voxelmorph package and MONAI (benchmarks/README.md): installs the
+# peers into this venv only (the `bench` extra, torch pinned on the same line), then runs
+# every section on CUDA when present, else the CPU. BENCH_ARGS passes options, e.g.
+#   make bench BENCH_ARGS="--only train,eval"      make bench BENCH_ARGS="--device cuda"
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[study,test,bench]' torch==2.13.0
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf regtune-runs .pytest_cache
