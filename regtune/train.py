@@ -89,8 +89,13 @@ class _Prepared:
     def __init__(self, cfg: Config, vols: Volumes, device: torch.device):
         ds = cfg.data.downsample
         self.images = downsample_image(vols.images, ds).to(device)
-        onehot = vols.onehot(list(range(len(vols))))
-        self.onehot = downsample_image(onehot, ds).to(device) if cfg.loss.dice_weight > 0 else None
+        # one-hot labels at training resolution, built a few subjects at a time: the full-resolution
+        # one-hot of every subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
+        self.onehot = None
+        if cfg.loss.dice_weight > 0:
+            n, step = len(vols), 16
+            self.onehot = torch.cat([downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
+                                     for i in range(0, n, step)]).to(device)
         self.labelled = vols.labelled.to(device)
         if cfg.train.channels_last:
             self.images = self.images.contiguous(memory_format=torch.channels_last_3d)

@@ -43,6 +43,7 @@ class StudyOptions:
     storage_path: str | None = None  # Ray storage; default regtune-runs/studies/<name>/ray
     runs_dir: Path = RUNS
     verbose: int = 1
+    reuse_actors: bool = True  # a finished trial's worker process (torch imported, dataset mapped) runs the next one
 
     @property
     def study_name(self) -> str:
@@ -69,7 +70,15 @@ class StudyResult:
     tracking_uri: str = ""
     parent_run_id: str = ""
     optuna_storage: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # whole call: data, Ray start, trials, wrap-up
+    fit_seconds: float = 0.0  # Tuner.fit: first trial start to last trial end
+    train_seconds: float = 0.0  # summed over trials: time inside training epochs (incl. validation)
+    concurrency: int = 1
+
+    def slot_use(self) -> float:
+        """Fraction of the trial slots (concurrency x fit time) spent training; the rest is study overhead."""
+        slots = self.concurrency * self.fit_seconds
+        return min(1.0, self.train_seconds / slots) if slots > 0 else math.nan
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -102,6 +111,15 @@ def _init_ray(address: str | None, verbose: int):
                 "check the address (`ray status` on the head prints it) and that this machine can reach port 6379/10001")
         raise StudyError(f"cannot connect to the Ray cluster at --address {address}: {hint}") from e
     return ray
+
+
+def _slots(space: SearchSpace, total: dict) -> int:
+    """How many trials the cluster's CPUs/GPUs can hold at once."""
+    r = space.resources
+    n = int(float(total.get("CPU", 0)) // r.cpu) if r.cpu > 0 else 10**6
+    if r.gpu > 0:
+        n = min(n, int(float(total.get("GPU", 0)) // r.gpu))
+    return max(1, n)
 
 
 def check_resources(space: SearchSpace, ray_mod) -> None:
@@ -227,19 +245,28 @@ def run_study(opts: StudyOptions) -> StudyResult:
             trainable,
             tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=space.budget.num_samples, max_concurrent_trials=space.budget.max_concurrent,
-                                        time_budget_s=space.budget.time_limit_minutes * 60 or None, reuse_actors=False),
+                                        time_budget_s=space.budget.time_limit_minutes * 60 or None,
+                                        reuse_actors=opts.reuse_actors),
             run_config=tune.RunConfig(name=space.name, storage_path=opts.ray_storage, callbacks=[tracker],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       verbose=0),
         )
+    fit_slots = _slots(space, ray.cluster_resources())
+    t_fit = time.monotonic()
     grid = tuner.fit()
+    fit_seconds = time.monotonic() - t_fit
     _close_orphan_optuna_trials(storage_url, space.name)
-    trials = []
+    trials, train_s = [], 0.0
     for r in grid:
         cfg = {k: v for k, v in (r.config or {}).items()}
         trials.append(_trial_row(r, cfg, tracker))
-    return StudyResult(space.name, trials, exp_path, opts.mlflow_uri, parent, storage_url, time.monotonic() - t0)
+        df = r.metrics_dataframe
+        if df is not None and "epoch_seconds" in df:
+            train_s += float(df["epoch_seconds"].fillna(0).sum())
+    conc = min(space.budget.max_concurrent, fit_slots, max(1, len(trials)))
+    return StudyResult(space.name, trials, exp_path, opts.mlflow_uri, parent, storage_url, time.monotonic() - t0,
+                       fit_seconds, train_s, conc)
 
 
 def _close_orphan_optuna_trials(storage_url: str, name: str) -> int:
@@ -281,6 +308,10 @@ def format_table(res: StudyResult, k: int = 50) -> str:
     counts = res.counts()
     lines.append(f"study '{res.name}': {len(res.trials)} trials in {res.seconds / 60:.1f} min  "
                  + "  ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+    if res.fit_seconds > 0 and math.isfinite(res.slot_use()):
+        lines.append(f"time: {res.seconds - res.fit_seconds:.0f} s set-up (data, Ray, MLflow), {res.fit_seconds:.0f} s of trials at "
+                     f"{res.concurrency} concurrent; {100 * res.slot_use():.0f}% of trial slots spent training, "
+                     f"{100 * (1 - res.slot_use()):.0f}% start-up/scheduling/checkpoint overhead")
     hdr = f"{'trial':10s} {'status':16s} {'ep':>3s} {'score':>7s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold%':>6s}  params"
     lines.append(hdr)
     for t in res.best(k):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from ray import tune
 
+from ..checkpoint import load_checkpoint
 from ..data.dataset import Volumes
 from ..figures import curves_png, pair_figures
 from ..train import EpochResult, train
@@ -85,6 +87,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
         if (work / "last.pt").is_file():
             resume = work / "last.pt"
     resumed_from: list[int] = []  # epoch of the checkpoint this worker started from (set at its first epoch)
+    draw_at = figure_epochs(space)
+    figure_seconds: list[float] = []
     title = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
     def on_epoch(e: EpochResult) -> None:
@@ -96,21 +100,45 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                 if (work / name).is_file():
                     shutil.copy2(work / name, t / name)
             figs = t / "figures"
-            curves_png(figs / "curves.png", _history(work), title=title)
-            if e.is_best and e.model is not None and e.val_pairs:
-                pair_figures(work / "figures", e.model, vols, e.val_pairs[0], cfg.data.downsample, tag=f"epoch {e.epoch}")
+            if e.epoch in draw_at or e.status != "running":
+                # figures cost ~1 s of the trial's slot: drawn where a trial can end (ASHA rungs, the
+                # last epoch, a failure), from the best model so far; other epochs carry the last ones
+                t0 = time.perf_counter()
+                curves_png(work / "figures" / "curves.png", _history(work), title=title)
+                if e.val_pairs and e.model is not None and (e.is_best or (work / "best.pt").is_file()):
+                    best = e.model if e.is_best else load_checkpoint(work / "best.pt").model(device)
+                    pair_figures(work / "figures", best, vols, e.val_pairs[0], cfg.data.downsample,
+                                 tag=f"best, epoch {e.epoch if e.is_best else _best_epoch(work)}")
+                figure_seconds.append(time.perf_counter() - t0)
             if e.status in ("collapsed", "diverged_rising") and e.model is not None and e.val_pairs:
                 # what the failure looks like: the warp of the model as it diverged
                 pair_figures(work / "figures" / "diverged", e.model, vols, e.val_pairs[0], cfg.data.downsample,
                              tag=f"{e.status} at epoch {e.epoch}")
                 for png in (work / "figures" / "diverged").glob("*.png"):
                     shutil.copy2(png, work / "figures" / f"diverged_{png.name}")
+            figs.mkdir(exist_ok=True)
             for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
                 shutil.copy2(png, figs / png.name)
-            tune.report(report_metrics(space, e, e.reason, resumed_from[0]), checkpoint=tune.Checkpoint.from_directory(tmp))
+            m = report_metrics(space, e, e.reason, resumed_from[0])
+            m["figure_seconds"] = sum(figure_seconds)
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def figure_epochs(space: SearchSpace) -> set[int]:
+    """Epochs after which a trial may end: ASHA's rungs (grace x factor^k < epochs) and the last epoch."""
+    b, last = space.budget, space.base.train.epochs
+    out, t = {last}, b.grace_period
+    while t < last:
+        out.add(t)
+        t *= b.reduction_factor
+    return out
+
+
+def _best_epoch(work: Path) -> int:
+    return int(load_checkpoint(work / "best.pt").epoch)
 
 
 def _history(work: Path) -> list[dict]:
@@ -120,4 +148,4 @@ def _history(work: Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
 
 
-__all__ = ["run_trial", "volumes_payload", "volumes_from_payload", "report_metrics"]
+__all__ = ["run_trial", "volumes_payload", "volumes_from_payload", "report_metrics", "figure_epochs"]

@@ -2,6 +2,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from regtune.search.space import DefineByRun, SpaceError, load_space, parse_space
 
@@ -139,3 +140,20 @@ def test_cluster_hosts_counts_machines_not_nodes():
     assert cluster_hosts(SimpleNamespace(nodes=lambda: nodes)) == 1
     nodes[2]["Alive"] = True
     assert cluster_hosts(SimpleNamespace(nodes=lambda: nodes)) == 2
+
+
+@pytest.mark.parametrize("epochs,grace,rf", [(5, 2, 2), (4, 2, 2), (3, 3, 2), (20, 1, 3), (12, 2, 4), (1, 1, 2)])
+def test_figures_are_drawn_where_asha_can_stop_a_trial(epochs, grace, rf, tmp_path):
+    """figure_epochs = Ray ASHA's own rungs (read from the scheduler) + the last epoch."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from regtune.search.space import load_space
+    from regtune.search.trainable import figure_epochs
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "f", "base": {"train.epochs": epochs},
+                                 "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+                                 "budget": {"grace_period": grace, "reduction_factor": rf}}))
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(grace, epochs), reduction_factor=rf)
+    rungs = {int(m) for m, _ in asha._brackets[0]._rungs}
+    assert figure_epochs(load_space(p)) == rungs | {epochs}

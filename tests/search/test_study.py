@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from regtune.search.space import load_space
-from regtune.search.study import StudyError, StudyOptions, run_study
+from regtune.search.study import StudyError, StudyOptions, format_table, run_study
 
 TINY_BASE = {
     "model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
@@ -55,6 +55,9 @@ def test_trials_ran_and_statuses(study):
     assert by_lr[1e-6]["status"] == "stopped_early"
     assert by_lr[3e-3]["status"] == "completed" and by_lr[3e-3]["epochs"] == 3
     assert res.best(1)[0]["params"]["train.lr"] != 5.0
+    # time accounting: trials' training time fits inside the reserved trial slots
+    assert 0 < res.train_seconds <= res.concurrency * res.fit_seconds < res.seconds
+    assert 0 < res.slot_use() <= 1 and "of trial slots spent training" in format_table(res)
 
 
 def test_mlflow_holds_parent_and_children_with_checkpoint(study, tmp_path):
