@@ -274,7 +274,7 @@ class StudyTracker(tune.Callback):
 
 
 def _tracked(key: str) -> bool:
-    return key.startswith(("train_", "val_")) or key in ("score", "epoch_seconds", "figure_seconds", "diverged", "lr", "resumed_from_epoch")
+    return key.startswith(("train_", "val_")) or key in ("score", "epoch_seconds", "figure_seconds", "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
 
 
 def open_ui_command(uri: str) -> str:

@@ -74,6 +74,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
     cfg = space.trial_config(config)
     if cfg.train.threads == 0:
         cfg = cfg.with_values({"train.threads": max(1, int(space.resources.cpu))})
+    # the object store hands out read-only views of its shared memory: no per-trial copy of the dataset
+    zero_copy = int(not data["images"].flags.owndata and not data["images"].flags.writeable)
     vols = volumes_from_payload(data)
     device = torch.device("cuda" if space.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
     work = Path(tempfile.mkdtemp(prefix="regtune-trial-"))
@@ -121,6 +123,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                 shutil.copy2(png, figs / png.name)
             m = report_metrics(space, e, e.reason, resumed_from[0])
             m["figure_seconds"] = sum(figure_seconds)
+            m["data_zero_copy"] = zero_copy
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)

@@ -79,6 +79,7 @@ def test_mlflow_holds_parent_and_children_with_checkpoint(study, tmp_path):
     hist = client.get_metric_history(good.info.run_id, "val_dice")
     assert [m.step for m in hist] == [1, 2, 3]
     assert "best_val_dice" in good.data.metrics
+    assert good.data.metrics["data_zero_copy"] == 1  # trials read the object store's shared arrays, no copy
     arts = {a.path for a in client.list_artifacts(good.info.run_id, "checkpoint")}
     assert "checkpoint/best.pt" in arts
     local = client.download_artifacts(good.info.run_id, "checkpoint/best.pt", str(tmp_path))
