@@ -79,7 +79,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     print()
     print(format_table(res))
     print(f"\nMLflow: {res.tracking_uri}  (parent run {res.parent_run_id})")
-    print(f"browse: regtune ui    or    {open_ui_command(res.tracking_uri)}")
+    if res.tracking_uri.startswith(("http://", "https://")):
+        print(f"browse: open {res.tracking_uri}/#/experiments in a browser (the tracking server is the UI)")
+    else:
+        print(f"browse: regtune ui    or    {open_ui_command(res.tracking_uri)}")
     print(f"Ray results: {res.experiment_path}\nOptuna study: {res.optuna_storage} (study '{res.name}')")
     return 0
 
