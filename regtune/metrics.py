@@ -3,10 +3,12 @@
 - Dice per label, skipped (NaN) where the label is absent from the fixed labels;
   mean over the labels that are present.
 - HD95: symmetric 95th-percentile surface distance in mm (voxel spacing applied),
-  computed with DeepMind's ``surface-distance`` exactly as the Learn2Reg evaluation
-  does (``compute_robust_hausdorff(compute_surface_distances(...), 95)``). A label
-  that vanished from the warped map scores the volume diagonal (worst case) instead
-  of infinity.
+  the Learn2Reg definition: DeepMind ``surface-distance``'s
+  ``compute_robust_hausdorff(compute_surface_distances(...), 95)`` (surfel-area
+  weighted). :func:`robust_hausdorff` computes exactly that on the labelled bounding
+  box only (about 3-4x faster; ``hd95_reference`` calls surface-distance itself and
+  the tests compare the two). A label that vanished from the warped map scores the
+  volume diagonal (worst case) instead of infinity.
 - Jacobian determinant of ``identity + u`` with central differences [-0.5, 0, 0.5],
   2-voxel border cropped; SDlogJ = std(log(clip(det, 1e-9, 1e9))); folding = % of
   voxels with det <= 0, counted on the unclipped determinant.
@@ -16,6 +18,7 @@ Displacement arrays here are (3, X, Y, Z) in voxel units (channel c along axis c
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -23,20 +26,55 @@ import numpy as np
 import surface_distance as sd
 
 
+def _foreground_box(fixed: np.ndarray, warped: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels labelled (non-zero) in either map; None when both are empty."""
+    fg = (fixed != 0) | (warped != 0)
+    box = []
+    for ax in range(fg.ndim):
+        nz = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != ax)))
+        if len(nz) == 0:
+            return None
+        box.append(slice(nz[0], nz[-1] + 1))
+    return tuple(box)
+
+
 def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...]) -> dict[int, float]:
+    box = _foreground_box(fixed, warped)
+    if box is not None:  # nothing outside the labelled box counts
+        fixed, warped = fixed[box], warped[box]
     out = {}
     for lab in labels:
         f, w = fixed == lab, warped == lab
-        nf = int(f.sum())
+        nf = int(np.count_nonzero(f))
         if nf == 0:
             out[lab] = math.nan
             continue
-        out[lab] = 2.0 * float(np.logical_and(f, w).sum()) / (nf + int(w.sum()))
+        out[lab] = 2.0 * float(np.count_nonzero(f & w)) / (nf + int(np.count_nonzero(w)))
     return out
 
 
 def hd95_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[int, float]:
+    worst = float(np.linalg.norm(np.array(fixed.shape) * np.array(spacing)))
+    box = _foreground_box(fixed, warped)
+    if box is not None:  # every surface lies inside the labelled box (its border is padded)
+        fixed, warped = fixed[box], warped[box]
+    out = {}
+    for lab in labels:
+        f, w = fixed == lab, warped == lab
+        if not f.any():
+            out[lab] = math.nan
+        elif not w.any():
+            out[lab] = worst
+        else:
+            out[lab] = robust_hausdorff(f, w, 95.0, spacing)
+    return out
+
+
+def hd95_reference(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
+                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[int, float]:
+    """:func:`hd95_per_label` computed with ``surface-distance`` itself (slower; the
+    definition the fast path is tested against)."""
     worst = float(np.linalg.norm(np.array(fixed.shape) * np.array(spacing)))
     out = {}
     for lab in labels:
@@ -48,6 +86,59 @@ def hd95_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...
         else:
             out[lab] = float(sd.compute_robust_hausdorff(sd.compute_surface_distances(f, w, spacing), 95.0))
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
+    return sd.lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+
+
+def _surfels(padded: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface elements of a mask zero-padded by one voxel on every side: the border
+    mask on the corner grid and the area of each corner's surfels. The 2x2x2 neighbour
+    code at corner i combines voxels i-1 and i per axis with surface-distance's kernel
+    [[[128, 64], [32, 16]], [[8, 4], [2, 1]]]."""
+    p = padded
+    code = ((p[:-1, :-1, :-1] << 7) | (p[:-1, :-1, 1:] << 6) | (p[:-1, 1:, :-1] << 5) | (p[:-1, 1:, 1:] << 4)
+            | (p[1:, :-1, :-1] << 3) | (p[1:, :-1, 1:] << 2) | (p[1:, 1:, :-1] << 1) | p[1:, 1:, 1:])
+    border = (code != 0) & (code != 255)
+    return border, table[code]
+
+
+def _area_percentile(dist: np.ndarray, area: np.ndarray, percent: float) -> float:
+    order = np.lexsort((area, dist))  # by distance, then area: surface-distance's order
+    cum = np.cumsum(area[order])
+    i = int(np.searchsorted(cum / cum[-1], percent / 100.0))
+    return float(dist[order[min(i, len(order) - 1)]])
+
+
+def robust_hausdorff(mask_fixed: np.ndarray, mask_warped: np.ndarray, percent: float = 95.0,
+                     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
+    """surface-distance's ``compute_robust_hausdorff(compute_surface_distances(a, b, spacing), percent)``
+    (the Learn2Reg HD95: surfel-area-weighted percentile of the distances between the two
+    surfaces, symmetric max), computed the same way -- neighbour codes, exact Euclidean
+    distance transforms of the border masks -- but on the union bounding box, with the
+    codes from array shifts and the sort in numpy. Both masks: non-empty bool arrays."""
+    from scipy.ndimage import distance_transform_edt
+    union = mask_fixed | mask_warped
+    box = []
+    for ax in range(3):
+        nz = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(nz[0], nz[-1] + 1))
+    box = tuple(box)
+    table = _surfel_area_table(tuple(float(s) for s in spacing))
+    shape = tuple(s.stop - s.start + 2 for s in box)
+    borders, areas = [], []
+    for m in (mask_fixed, mask_warped):
+        padded = np.zeros(shape, np.uint8)
+        padded[1:-1, 1:-1, 1:-1] = m[box]
+        b, a = _surfels(padded, table)
+        borders.append(b)
+        areas.append(a)
+    dist_f = distance_transform_edt(~borders[0], sampling=spacing)
+    dist_w = distance_transform_edt(~borders[1], sampling=spacing)
+    return max(_area_percentile(dist_w[borders[0]], areas[0][borders[0]], percent),
+               _area_percentile(dist_f[borders[1]], areas[1][borders[1]], percent))
 
 
 def jacobian_determinant(disp: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 
+import surface_distance as sd
+
 from regtune.metrics import dice_per_label, hd95_per_label, jacobian_determinant, jacobian_stats, score_pair
 
 
@@ -63,3 +65,47 @@ def test_matches_surface_distance_and_scipy_reference():
     ref = sd.compute_robust_hausdorff(sd.compute_surface_distances(a == 1, b == 1, (1, 1, 1)), 95)
     assert s.hd95 == pytest.approx(ref)
     assert s.dice == pytest.approx(sd.compute_dice_coefficient(a == 1, b == 1))
+
+
+def _random_blobs(rng, shape, p, iters):
+    from scipy import ndimage
+    return ndimage.binary_dilation(rng.random(shape) > p, iterations=iters)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_hd95_equals_surface_distance_on_random_shapes(seed):
+    """The cropped, shift-coded HD95 is surface-distance's robust Hausdorff (Learn2Reg's
+    definition) on random blobs: shifted, dilated, unrelated, touching the volume edge,
+    anisotropic spacing."""
+    from regtune.metrics import hd95_reference, robust_hausdorff
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in rng.integers(10, 40, 3))
+    a = _random_blobs(rng, shape, 0.995, int(rng.integers(1, 4)))
+    cases = [np.roll(a, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 3))),
+             _random_blobs(rng, shape, 0.99, 2),
+             a.copy()]
+    cases[2][0] = True  # a slab on the border
+    spacing = (1.0, 1.0, 1.0) if seed % 2 else tuple(float(x) for x in rng.uniform(0.5, 2.0, 3))
+    for b in cases:
+        if not a.any() or not b.any():
+            continue
+        ref = sd.compute_robust_hausdorff(sd.compute_surface_distances(a, b, spacing), 95.0)
+        assert robust_hausdorff(a, b, 95.0, spacing) == pytest.approx(ref, abs=1e-9)
+        assert robust_hausdorff(a, b, 100.0, spacing) == pytest.approx(
+            sd.compute_robust_hausdorff(sd.compute_surface_distances(a, b, spacing), 100.0), abs=1e-9)
+        labs = a.astype(np.uint8) + 2 * (b & ~a).astype(np.uint8)  # two labels in one map
+        other = b.astype(np.uint8)
+        fast = hd95_per_label(labs, other, (1, 2), spacing)
+        slow = hd95_reference(labs, other, (1, 2), spacing)
+        for k in (1, 2):
+            assert (math.isnan(fast[k]) and math.isnan(slow[k])) or fast[k] == pytest.approx(slow[k], abs=1e-9)
+        d = dice_per_label(labs, other, (1, 2))
+        assert d[1] == pytest.approx(sd.compute_dice_coefficient(labs == 1, other == 1), abs=1e-12)
+
+
+def test_fast_dice_and_hd95_of_empty_and_absent_labels():
+    a = cube((12, 12, 12), (2, 2, 2), (6, 6, 6))
+    empty = np.zeros_like(a)
+    assert math.isnan(dice_per_label(empty, empty, (1,))[1])
+    assert dice_per_label(a, empty, (1,))[1] == 0.0
+    assert math.isnan(hd95_per_label(empty, a, (1,))[1])
