@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,23 +34,27 @@ NAME = "cluster"
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    pg = start_postgres()
-    if isinstance(pg, str):
-        pytest.skip(f"PostgreSQL unavailable: {pg}")
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory):
-    pytest.importorskip("psycopg", reason="mlflow server needs a PostgreSQL driver: pip install 'psycopg[binary]'")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on PostgreSQL. Where PostgreSQL cannot be installed the server runs on
+    SQLite instead (a warning names the reason) so the multi-node checks still run; the
+    PostgreSQL-specific assertion is then skipped."""
     tmp = tmp_path_factory.mktemp("mlflow-server")
-    db = postgres.create_database(f"regtune_mlflow_{os.getpid()}")
+    pg = start_postgres()
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pg = "the psycopg driver is not installed (pip install 'psycopg[binary]')" if not isinstance(pg, str) else pg
+    if isinstance(pg, str):
+        warnings.warn(f"PostgreSQL unavailable, MLflow server on SQLite instead: {pg}")
+        db = f"sqlite:///{tmp / 'mlflow.db'}"
+    else:
+        db = pg.create_database(f"regtune_mlflow_{os.getpid()}")
     server = start_mlflow_server(db, tmp / "artifacts", tmp / "server.log")
     server.db_uri = db  # type: ignore[attr-defined]
     yield server
     server.stop()
+    if not isinstance(pg, str):
+        pg.stop()
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +244,20 @@ def test_study_on_multinode_cluster_survives_worker_node_and_driver_kills(cluste
     assert "state_dict" in torch.load(local, map_location="cpu", weights_only=True)
     assert list(mlflow_server.artifacts.rglob("best.pt"))  # stored by the server in its destination
 
-    # ---- PostgreSQL holds exactly these runs ---------------------------------------------------
-    import psycopg
-
-    with psycopg.connect(mlflow_server.db_uri.replace("+psycopg", "")) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(exp.experiment_id),))
-        assert cur.fetchone()[0] == len(runs_all) == 1 + len(children)
     print(f"\ncluster study: {len(ray_ids)} Ray trials, {states.count(optuna.trial.TrialState.COMPLETE)} Optuna COMPLETE, "
           f"{len(kept)} MLflow runs (+{len(orphans)} orphan), nodes {sorted(n[:8] for n in nodes)}, killed trial "
           f"{killed_trial} after epoch {killed_epoch} resumed from epoch {first_after['resumed_from_epoch']}; "
           f"trial {lost_row['trial_id']} lost with node {worker_node[:8]} after epoch {lost_row['epoch']} resumed on the "
           f"head from epoch {moved['resumed_from_epoch']}")
+
+    # ---- PostgreSQL holds exactly these runs ---------------------------------------------------
+    if not mlflow_server.db_uri.startswith("postgresql"):
+        pytest.skip("PostgreSQL unavailable (see the warning); all other checks passed on an SQLite-backed server")
+    import psycopg
+
+    with psycopg.connect(mlflow_server.db_uri.replace("+psycopg", "")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(exp.experiment_id),))
+        assert cur.fetchone()[0] == len(runs_all) == 1 + len(children)
 
 
 def test_connecting_without_the_cluster_token_says_how_to_fix_it(cluster, synth_dir, tmp_path):
