@@ -109,3 +109,14 @@ def test_fast_dice_and_hd95_of_empty_and_absent_labels():
     assert math.isnan(dice_per_label(empty, empty, (1,))[1])
     assert dice_per_label(a, empty, (1,))[1] == 0.0
     assert math.isnan(hd95_per_label(empty, a, (1,))[1])
+
+
+def test_jacobian_in_float32_agrees_with_float64():
+    from regtune.data.synth import random_field
+    rng = np.random.default_rng(3)
+    disp = (random_field(24, 3.0, rng) + rng.normal(0, 0.4, (3, 24, 24, 24))).astype(np.float32)
+    d32, d64 = jacobian_determinant(disp), jacobian_determinant(disp.astype(np.float64))
+    assert d32.dtype == np.float32 and d64.dtype == np.float64
+    assert np.abs(d32 - d64).max() < 1e-5
+    (s32, f32), (s64, f64) = jacobian_stats(disp), jacobian_stats(disp.astype(np.float64))
+    assert s32 == pytest.approx(s64, abs=1e-5) and f32 == pytest.approx(f64, abs=0.5)
