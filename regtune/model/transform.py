@@ -27,13 +27,15 @@ def _check_pair(img: torch.Tensor, disp: torch.Tensor) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _identity(shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised identity grid (1, X, Y, Z, 3) in grid_sample order, and the per-channel
-    factor 2 / (n - 1) that turns voxel displacements into normalised ones."""
+    """Normalised identity grid (1, X, Y, Z, 3) in grid_sample order, and the factor
+    2 / (n - 1) per grid channel (also in grid_sample order) that turns voxel
+    displacements into normalised ones."""
     axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
             for n in shape]
     mesh = torch.meshgrid(*axes, indexing="ij")  # mesh[c] varies along array axis c
     grid = torch.stack(mesh[::-1], dim=-1).unsqueeze(0)  # grid_sample order: (z, y, x) -> (W, H, D)
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
+    # reversed like the grid's last axis: grid[..., k] moves along array axis 2 - k
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape][::-1], device=device, dtype=dtype)
     return grid, scale
 
 
@@ -46,9 +48,10 @@ def warp(img: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", padding_
     """
     _check_pair(img, disp)
     grid, scale = _identity(tuple(disp.shape[2:]), disp.device, disp.dtype)
-    # (B, 3, X, Y, Z) -> (B, X, Y, Z, 3), scaled, channel order reversed for grid_sample
-    d = (disp.permute(0, 2, 3, 4, 1) * scale).flip(-1)
-    return F.grid_sample(img.to(disp.dtype) if img.dtype != disp.dtype else img, grid + d,
+    # (B, 3, X, Y, Z) -> (B, X, Y, Z, 3) view, channel order reversed for grid_sample (one
+    # copy), then identity + scale * d in one fused pass
+    d = disp.movedim(1, -1).flip(-1)
+    return F.grid_sample(img.to(disp.dtype) if img.dtype != disp.dtype else img, torch.addcmul(grid, d, scale),
                          mode=mode, padding_mode=padding_mode, align_corners=True)
 
 

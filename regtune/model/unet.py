@@ -16,10 +16,23 @@ class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, 3, padding=1)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)  # in place: one pass less over every feature map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour x2 upsampling of (B, C, X, Y, Z). On a ``channels_last_3d``
+    tensor it stays in that layout as a broadcast + reshape, whose backward is a plain sum
+    (PyTorch's upsample_nearest3d backward converts channels-last gradients to
+    contiguous and back, ~5 % of a 64^3 CPU training step)."""
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        b, c, nx, ny, nz = x.shape
+        v = x.permute(0, 2, 3, 4, 1)[:, :, None, :, None, :, None, :]  # (B, X, 1, Y, 1, Z, 1, C), a view
+        v = v.expand(b, nx, 2, ny, 2, nz, 2, c).reshape(b, 2 * nx, 2 * ny, 2 * nz, c)
+        return v.permute(0, 4, 1, 2, 3)
+    return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 class RegNet(nn.Module):
@@ -73,7 +86,7 @@ class RegNet(nn.Module):
             x = F.max_pool3d(x, 2)
         for blk in self.dec:
             x = blk(x)
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = upsample2(x)
             x = torch.cat([x, skips.pop()], dim=1)
         for blk in self.extra:
             x = blk(x)
