@@ -1,0 +1,124 @@
+"""Smoke test of benchmarks/: the quick mode runs end to end on tiny synthetic volumes
+and produces a well-formed table and JSON with finite figures. Not a timed test: no
+speed is asserted here. Peers that are not installed show up as "not installed" rows.
+
+The GPU recipe (device-resident data, on-device sampling and normalisation, bf16
+autocast, channels_last_3d) is checked for correctness on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import PEERS, Row, peer_available  # noqa: E402
+from benchmarks.run import compute_ratios, format_table, main  # noqa: E402
+from benchmarks.sections import registry  # noqa: E402
+from benchmarks.train_step import ResidentTrainer, normalise_on_device  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    assert main(["--quick", "--only", "train,eval,ttq", "--device", "cpu", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_quick_mode_writes_finite_rows_for_every_section(quick_result):
+    rows = quick_result["rows"]
+    assert {r["section"] for r in rows} == {"train", "eval", "ttq"}
+    for r in rows:
+        assert r["status"] in ("ok", "not installed", "skipped", "error")
+        assert r["status"] != "error", r
+        if r["status"] == "ok":
+            assert r["value"] is not None and math.isfinite(r["value"]), r
+            assert r["ratio"] is None or math.isfinite(r["ratio"])
+    ok_regtune = [r for r in rows if r["impl"] == "regtune" and r["status"] == "ok"]
+    assert {r["section"] for r in ok_regtune} == {"train", "eval", "ttq"}
+    assert quick_result["machine"]["torch"] == torch.__version__
+    assert "| group | impl |" in quick_result["table"]
+
+
+def test_peers_are_measured_or_reported_missing(quick_result):
+    rows = quick_result["rows"]
+    for peer in ("voxelmorph", "monai"):
+        statuses = {r["status"] for r in rows if r["impl"] == peer and r["section"] == "train"}
+        assert statuses, peer
+        if peer_available(peer):
+            assert "ok" in statuses
+        else:
+            assert statuses == {"not installed"}
+
+
+def test_eval_regtune_agrees_with_surface_distance(quick_result):
+    if not peer_available("surface-distance"):
+        pytest.skip("surface-distance not installed")
+    agree = {r["metric"]: r["value"] for r in quick_result["rows"]
+             if r["section"] == "eval" and r["group"].startswith("agreement regtune vs surface-distance")}
+    assert agree["max |d dice|"] <= 1e-6 and agree["max |d hd95|"] <= 0.05
+
+
+def test_ratios_are_against_the_best_peer_of_the_group():
+    rows = [Row("s", "g", "regtune", "t", 2.0), Row("s", "g", "a", "t", 4.0), Row("s", "g", "b", "t", 5.0),
+            Row("s", "g", "c", "t", None, status="not installed"),
+            Row("s", "h", "regtune", "dice", 0.8, better="higher"), Row("s", "h", "a", "dice", 0.4, better="higher")]
+    compute_ratios(rows)
+    assert [r.ratio for r in rows[:4]] == [0.5, 1.0, 1.25, None]
+    assert rows[4].ratio == pytest.approx(0.5) and rows[5].ratio == 1.0
+    table = format_table(rows, {"s": "title"})
+    assert "not installed" in table and "0.50x" in table
+
+
+def test_sections_registry_and_unknown_section():
+    names = set(registry())
+    assert {"train", "eval", "ttq"} <= names
+    assert main(["--only", "nope", "--quick"]) == 2
+    assert set(PEERS) == {"voxelmorph", "monai", "surface-distance"}
+
+
+def test_peers_are_not_runtime_imports_of_regtune():
+    import subprocess
+    code = ("import sys, regtune.train, regtune.evaluate, regtune.metrics, regtune.cli; "
+            "bad = [m for m in ('monai', 'voxelmorph', 'neurite') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_on_device_normalisation_matches_the_loader():
+    from regtune.data import normalise_intensity
+    rng = np.random.default_rng(0)
+    raw = rng.gamma(2.0, 50.0, (3, 1, 9, 10, 11)).astype(np.float32) * np.array([1, 30, 1e4], np.float32).reshape(3, 1, 1, 1, 1)
+    ours = normalise_on_device(torch.from_numpy(raw))
+    for i in range(3):
+        ref = normalise_intensity(raw[i, 0], 1.0, 99.0)
+        assert np.allclose(ours[i, 0].numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("amp,compile_", [(False, False), (True, False)])
+def test_gpu_recipe_is_correct_on_cpu(amp, compile_):
+    """Resident data, on-device sampling, channels_last_3d, (bf16 autocast): the loss is
+    finite, accumulates on the device, pairs are of distinct subjects, and training moves
+    the weights."""
+    torch.manual_seed(0)
+    raw = torch.rand(4, 1, 16, 16, 16) * torch.tensor([1.0, 10.0, 100.0, 1000.0]).view(4, 1, 1, 1, 1)
+    tr = ResidentTrainer(raw, dec=(8, 8, 8, 8), enc=(4, 8, 8, 8), batch=2, channels_last=True, amp=amp, compile=compile_,
+                         normalise=True, int_steps=3)
+    assert float(tr.images.max()) <= 1.0 and float(tr.images.min()) >= 0.0
+    assert tr.images.is_contiguous(memory_format=torch.channels_last_3d)
+    for _ in range(20):
+        f, m = tr.sample()
+        assert bool((f != m).all())
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    for _ in range(3):
+        loss = tr.step()
+        assert loss.device == tr.images.device
+    assert math.isfinite(float(tr.loss_sum)) and tr.steps == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
