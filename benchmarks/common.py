@@ -113,14 +113,10 @@ def peer_available(peer: str) -> bool:
     becomes a "not installed" row, never an error."""
     if peer not in _AVAILABLE:
         mod = PEERS.get(peer, peer)
-        if importlib.util.find_spec(mod) is None:
+        try:
+            _AVAILABLE[peer] = importlib.util.find_spec(mod) is not None and importlib.import_module(mod) is not None
+        except Exception:  # a broken (or blocked) install counts as not installed
             _AVAILABLE[peer] = False
-        else:
-            try:
-                importlib.import_module(mod)
-                _AVAILABLE[peer] = True
-            except Exception:  # a broken install counts as not installed
-                _AVAILABLE[peer] = False
     return _AVAILABLE[peer]
 
 
