@@ -25,7 +25,7 @@ from typing import Callable
 from .common import Context, Row
 
 # Registration point: add "benchmarks.study" here when the study section exists.
-SECTION_MODULES = ("benchmarks.train_step", "benchmarks.evaluation", "benchmarks.ttq")
+SECTION_MODULES = ("benchmarks.train_step", "benchmarks.evaluation", "benchmarks.ttq", "benchmarks.study")
 
 
 @dataclass(frozen=True)
