@@ -26,16 +26,20 @@ import numpy as np
 import surface_distance as sd
 
 
-def _foreground_box(fixed: np.ndarray, warped: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the voxels labelled (non-zero) in either map; None when both are empty."""
-    fg = (fixed != 0) | (warped != 0)
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the true voxels of ``mask``; None when it has none."""
     box = []
-    for ax in range(fg.ndim):
-        nz = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != ax)))
+    for ax in range(mask.ndim):
+        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
         if len(nz) == 0:
             return None
         box.append(slice(nz[0], nz[-1] + 1))
     return tuple(box)
+
+
+def _foreground_box(fixed: np.ndarray, warped: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels labelled (non-zero) in either map; None when both are empty."""
+    return _bbox((fixed != 0) | (warped != 0))
 
 
 def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...]) -> dict[int, float]:
@@ -59,16 +63,7 @@ def hd95_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...
     box = _foreground_box(fixed, warped)
     if box is not None:  # every surface lies inside the labelled box (its border is padded)
         fixed, warped = fixed[box], warped[box]
-    out = {}
-    for lab in labels:
-        f, w = fixed == lab, warped == lab
-        if not f.any():
-            out[lab] = math.nan
-        elif not w.any():
-            out[lab] = worst
-        else:
-            out[lab] = robust_hausdorff(f, w, 95.0, spacing)
-    return out
+    return _hd_per_label(fixed, warped, labels, worst, lambda f, w: robust_hausdorff(f, w, 95.0, spacing))
 
 
 def hd95_reference(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
@@ -76,15 +71,16 @@ def hd95_reference(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...
     """:func:`hd95_per_label` computed with ``surface-distance`` itself (slower; the
     definition the fast path is tested against)."""
     worst = float(np.linalg.norm(np.array(fixed.shape) * np.array(spacing)))
+    return _hd_per_label(fixed, warped, labels, worst, lambda f, w: float(
+        sd.compute_robust_hausdorff(sd.compute_surface_distances(f, w, spacing), 95.0)))
+
+
+def _hd_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...], worst: float, hd) -> dict[int, float]:
+    """NaN where a label is absent from the fixed map, ``worst`` where it vanished from the warped one."""
     out = {}
     for lab in labels:
         f, w = fixed == lab, warped == lab
-        if not f.any():
-            out[lab] = math.nan
-        elif not w.any():
-            out[lab] = worst
-        else:
-            out[lab] = float(sd.compute_robust_hausdorff(sd.compute_surface_distances(f, w, spacing), 95.0))
+        out[lab] = math.nan if not f.any() else worst if not w.any() else hd(f, w)
     return out
 
 
@@ -120,12 +116,7 @@ def robust_hausdorff(mask_fixed: np.ndarray, mask_warped: np.ndarray, percent: f
     distance transforms of the border masks -- but on the union bounding box, with the
     codes from array shifts and the sort in numpy. Both masks: non-empty bool arrays."""
     from scipy.ndimage import distance_transform_edt
-    union = mask_fixed | mask_warped
-    box = []
-    for ax in range(3):
-        nz = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != ax)))
-        box.append(slice(nz[0], nz[-1] + 1))
-    box = tuple(box)
+    box = _bbox(mask_fixed | mask_warped)
     table = _surfel_area_table(tuple(float(s) for s in spacing))
     shape = tuple(s.stop - s.start + 2 for s in box)
     borders, areas = [], []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 
@@ -57,14 +58,7 @@ def report_metrics(space: SearchSpace, e: EpochResult, reason: str, resumed_from
     m["reason"] = reason
     m["diverged"] = int(diverged)
     m["resumed_from_epoch"] = resumed_from  # 0: fresh start; k: restarted from the epoch-k checkpoint
-    m["node_id"] = _node_id()
     return m
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space: SearchSpace | None = None) -> None:
@@ -88,14 +82,15 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                     shutil.copy2(Path(d) / name, work / name)
         if (work / "last.pt").is_file():
             resume = work / "last.pt"
-    resumed_from: list[int] = []  # epoch of the checkpoint this worker started from (set at its first epoch)
+    resumed_from = load_checkpoint(resume).epoch if resume is not None else 0
+    # per-trial facts every report carries: where it runs, and that the dataset arrived without a copy
+    trial_facts = {"node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+                   "data_zero_copy": zero_copy}
     draw_at = figure_epochs(space)
     figure_seconds: list[float] = []
     title = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
     def on_epoch(e: EpochResult) -> None:
-        if not resumed_from:
-            resumed_from.append(e.epoch - 1 if resume is not None else 0)
         with tempfile.TemporaryDirectory(prefix="regtune-ck-") as tmp:
             t = Path(tmp)
             for name in CHECKPOINT_FILES:
@@ -108,9 +103,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
                 t0 = time.perf_counter()
                 curves_png(work / "figures" / "curves.png", _history(work), title=title)
                 if e.val_pairs and e.model is not None and (e.is_best or (work / "best.pt").is_file()):
-                    best = e.model if e.is_best else load_checkpoint(work / "best.pt").model(device)
+                    best, best_epoch = e.model, e.epoch
+                    if not e.is_best:
+                        ck = load_checkpoint(work / "best.pt")
+                        best, best_epoch = ck.model(device), ck.epoch
                     pair_figures(work / "figures", best, vols, e.val_pairs[0], cfg.data.downsample,
-                                 tag=f"best, epoch {e.epoch if e.is_best else _best_epoch(work)}")
+                                 tag=f"best, epoch {best_epoch}")
                 figure_seconds.append(time.perf_counter() - t0)
             if e.status in ("collapsed", "diverged_rising") and e.model is not None and e.val_pairs:
                 # what the failure looks like: the warp of the model as it diverged
@@ -121,9 +119,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any] | None = None, space:
             figs.mkdir(exist_ok=True)
             for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
                 shutil.copy2(png, figs / png.name)
-            m = report_metrics(space, e, e.reason, resumed_from[0])
-            m["figure_seconds"] = sum(figure_seconds)
-            m["data_zero_copy"] = zero_copy
+            m = {**report_metrics(space, e, e.reason, resumed_from), **trial_facts, "figure_seconds": sum(figure_seconds)}
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)
@@ -138,10 +134,6 @@ def figure_epochs(space: SearchSpace) -> set[int]:
         out.add(t)
         t *= b.reduction_factor
     return out
-
-
-def _best_epoch(work: Path) -> int:
-    return int(load_checkpoint(work / "best.pt").epoch)
 
 
 def _history(work: Path) -> list[dict]:
