@@ -106,7 +106,7 @@ def study_space(path: Path, name: str, trials: int, concurrent: int, epochs: int
     base = {"train.epochs": epochs, "train.steps_per_epoch": steps, "data.val_pairs": 6, "loss.dice_weight": 1.0}
     if tiny:
         base.update({"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
-                     "data.val_subjects": 3, "data.val_pairs": 2, "train.batch_size": 2})
+                     "data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2, "train.batch_size": 2})
     doc = {"name": name, "base": base,
            # a safe range: every trial trains its full length (overhead is measured on real trials)
            "params": {"train.lr": {"type": "float", "low": 3e-4, "high": 1e-3, "log": True}},

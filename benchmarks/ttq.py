@@ -67,7 +67,7 @@ def run_regtune(ctx: Context, vols, split, tpairs, out_dir) -> Row:
     from regtune.train import train
     over = {"train.max_minutes": ctx.minutes}
     if ctx.quick:
-        over.update({"data.val_subjects": 3, "data.val_pairs": 2, "train.epochs": 2, "train.steps_per_epoch": 3,
+        over.update({"data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2, "train.epochs": 2, "train.steps_per_epoch": 3,
                      "train.batch_size": 2})
     cfg = Config().with_values(over)
     if ctx.data_root is not None and not ctx.quick:

@@ -1,7 +1,7 @@
 """Learn2Reg Task 4 evaluation metrics (numpy/scipy, on full-resolution arrays).
 
-- Dice per label, skipped (NaN) where the label is absent from the fixed labels;
-  mean over the labels that are present.
+- Dice per label, skipped (NaN) where the label is absent from the fixed *or* the moving
+  labels (as the organisers' script does); mean over the labels scored.
 - HD95: symmetric 95th-percentile surface distance in mm (voxel spacing applied),
   the Learn2Reg definition: DeepMind ``surface-distance``'s
   ``compute_robust_hausdorff(compute_surface_distances(...), 95)`` (surfel-area
@@ -10,8 +10,11 @@
   the tests compare the two). A label that vanished from the warped map scores the
   volume diagonal (worst case) instead of infinity.
 - Jacobian determinant of ``identity + u`` with central differences [-0.5, 0, 0.5],
-  2-voxel border cropped; SDlogJ = std(log(clip(det, 1e-9, 1e9))); folding = % of
-  voxels with det <= 0, counted on the unclipped determinant.
+  2-voxel border cropped; SDlogJ = std(log(clip(det, 1e-9, 1e9))) (``sdlogj``); the
+  organisers' script computes std(log(clip(det + 3, 1e-9, 1e9))) (``sdlogj_l2r``, its
+  ``+ 3`` makes values ~4-6x smaller; both are reported, named); folding = % of voxels
+  with det <= 0, counted on the unclipped determinant.
+- Dice30: the 30th percentile of the per-pair Dice (the organisers' robustness figure).
 
 Displacement arrays here are (3, X, Y, Z) in voxel units (channel c along axis c).
 """
@@ -42,7 +45,15 @@ def _foreground_box(fixed: np.ndarray, warped: np.ndarray) -> tuple[slice, ...] 
     return _bbox((fixed != 0) | (warped != 0))
 
 
-def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...]) -> dict[int, float]:
+def _absent(labels: tuple[int, ...], *maps: np.ndarray | None) -> set[int]:
+    """Labels missing from any of the given maps (None maps are ignored)."""
+    return {lab for lab in labels for m in maps if m is not None and not np.any(m == lab)}
+
+
+def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
+                   moving: np.ndarray | None = None) -> dict[int, float]:
+    """Dice per label; NaN where the label is absent from ``fixed`` or ``moving``."""
+    skip = _absent(labels, fixed, moving)
     box = _foreground_box(fixed, warped)
     if box is not None:  # nothing outside the labelled box counts
         fixed, warped = fixed[box], warped[box]
@@ -50,7 +61,7 @@ def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...
     for lab in labels:
         f, w = fixed == lab, warped == lab
         nf = int(np.count_nonzero(f))
-        if nf == 0:
+        if nf == 0 or lab in skip:
             out[lab] = math.nan
             continue
         out[lab] = 2.0 * float(np.count_nonzero(f & w)) / (nf + int(np.count_nonzero(w)))
@@ -58,12 +69,15 @@ def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...
 
 
 def hd95_per_label(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
-                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[int, float]:
+                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), moving: np.ndarray | None = None) -> dict[int, float]:
+    """HD95 per label; NaN where the label is absent from ``fixed`` or ``moving``."""
     worst = float(np.linalg.norm(np.array(fixed.shape) * np.array(spacing)))
+    skip = _absent(labels, fixed, moving)
     box = _foreground_box(fixed, warped)
     if box is not None:  # every surface lies inside the labelled box (its border is padded)
         fixed, warped = fixed[box], warped[box]
-    return _hd_per_label(fixed, warped, labels, worst, lambda f, w: robust_hausdorff(f, w, 95.0, spacing))
+    out = _hd_per_label(fixed, warped, labels, worst, lambda f, w: robust_hausdorff(f, w, 95.0, spacing))
+    return {k: math.nan if k in skip else v for k, v in out.items()}
 
 
 def hd95_reference(fixed: np.ndarray, warped: np.ndarray, labels: tuple[int, ...],
@@ -170,14 +184,15 @@ def jacobian_determinant(disp: np.ndarray) -> np.ndarray:
     return det
 
 
-def jacobian_stats(disp: np.ndarray) -> tuple[float, float]:
-    """(SDlogJ, % of voxels with det <= 0)."""
+def jacobian_stats(disp: np.ndarray) -> tuple[float, float, float]:
+    """(SDlogJ = std log det, % of voxels with det <= 0, the organisers' std(log(det + 3)))."""
     det = jacobian_determinant(disp)
     folding = 100.0 * float(np.count_nonzero(det <= 0)) / det.size
+    l2r = float(np.log(np.clip(det + 3.0, 1e-9, 1e9)).std(dtype=np.float64))
     np.clip(det, 1e-9, 1e9, out=det)
     np.log(det, out=det)
     sdlogj = float(det.std(dtype=np.float64))
-    return sdlogj, folding
+    return sdlogj, folding, l2r
 
 
 @dataclass(frozen=True)
@@ -188,9 +203,11 @@ class PairScore:
     folding_pct: float
     dice_per_label: dict[int, float]
     hd95_per_label: dict[int, float]
+    sdlogj_l2r: float = 0.0
 
     def row(self) -> dict[str, float]:
-        r = {"dice": self.dice, "hd95": self.hd95, "sdlogj": self.sdlogj, "folding_pct": self.folding_pct}
+        r = {"dice": self.dice, "hd95": self.hd95, "sdlogj": self.sdlogj, "sdlogj_l2r": self.sdlogj_l2r,
+             "folding_pct": self.folding_pct}
         r.update({f"dice_{k}": v for k, v in self.dice_per_label.items()})
         r.update({f"hd95_{k}": v for k, v in self.hd95_per_label.items()})
         return r
@@ -203,11 +220,12 @@ def _nanmean(vals) -> float:
 
 def score_pair(fixed_lab: np.ndarray, warped_lab: np.ndarray, disp: np.ndarray | None,
                labels: tuple[int, ...], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-               with_hd95: bool = True) -> PairScore:
-    """All Learn2Reg metrics for one pair; ``disp`` None means identity (no registration)."""
+               with_hd95: bool = True, moving_lab: np.ndarray | None = None) -> PairScore:
+    """All Learn2Reg metrics for one pair; ``disp`` None means identity (no registration).
+    ``moving_lab``: the moving labels before warping; a label absent from them is skipped."""
     if fixed_lab.shape != warped_lab.shape:
         raise ValueError(f"score_pair: fixed labels {fixed_lab.shape} and warped labels {warped_lab.shape} differ")
-    dpl = dice_per_label(fixed_lab, warped_lab, labels)
-    hpl = hd95_per_label(fixed_lab, warped_lab, labels, spacing) if with_hd95 else {k: math.nan for k in labels}
-    sdlogj, fold = jacobian_stats(disp) if disp is not None else (0.0, 0.0)
-    return PairScore(_nanmean(dpl.values()), _nanmean(hpl.values()), sdlogj, fold, dpl, hpl)
+    dpl = dice_per_label(fixed_lab, warped_lab, labels, moving_lab)
+    hpl = hd95_per_label(fixed_lab, warped_lab, labels, spacing, moving_lab) if with_hd95 else {k: math.nan for k in labels}
+    sdlogj, fold, l2r = jacobian_stats(disp) if disp is not None else (0.0, 0.0, 0.0)
+    return PairScore(_nanmean(dpl.values()), _nanmean(hpl.values()), sdlogj, fold, dpl, hpl, l2r)

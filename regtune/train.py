@@ -28,10 +28,11 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, TrainConfig
 from .data.dataset import Volumes
-from .data.pairs import Pair, PairSampler, Split, sample_pairs, split_subjects
+from .data.pairs import Pair, Split, sample_pairs, split_subjects
 from .evaluate import evaluate_pairs, summarise
-from .losses import total_loss
-from .model import RegNet, downsample_image, outside_fraction, warp
+from .model import RegNet
+from .objective import Objective
+from .trainer import Trainer
 
 VAL_KEYS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_warped_intensity", "val_moving_intensity",
             "val_outside_pct", "val_dice_std", "val_loss", "val_loss_sim", "val_loss_reg", "val_loss_dice")
@@ -49,7 +50,7 @@ class EpochResult:
     epoch: int
     step: int
     seconds: float
-    metrics: dict[str, float]  # train_* and val_* numbers
+    metrics: dict[str, float]  # train_* and val_* numbers, and "score" (the objective)
     status: str  # "running" or a final status
     reason: str
     is_best: bool
@@ -67,9 +68,11 @@ class TrainResult:
     reason: str
     epochs: int
     best_epoch: int
-    best_val_dice: float
+    best_val_dice: float  # val Dice of the best epoch (the epoch with the best score)
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
+    best_score: float = -math.inf
+    steps: int = 0
 
     @property
     def best_checkpoint(self) -> Path | None:
@@ -83,55 +86,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-class _Prepared:
-    """Training-resolution tensors on the device, made once."""
-
-    def __init__(self, cfg: Config, vols: Volumes, device: torch.device):
-        ds = cfg.data.downsample
-        self.images = downsample_image(vols.images, ds).to(device)
-        # one-hot labels at training resolution, built a few subjects at a time: the full-resolution
-        # one-hot of every subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
-        self.onehot = None
-        if cfg.loss.dice_weight > 0:
-            n, step = len(vols), 16
-            self.onehot = torch.cat([downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
-                                     for i in range(0, n, step)]).to(device)
-        self.labelled = vols.labelled.to(device)
-        if cfg.train.channels_last:
-            self.images = self.images.contiguous(memory_format=torch.channels_last_3d)
-
-
-def _validate(cfg: Config, model: RegNet, vols: Volumes, prep: _Prepared, val_pairs: list[Pair], device: torch.device) -> dict[str, float]:
+def _validate(cfg: Config, trainer: Trainer, vols: Volumes, val_pairs: list[Pair]) -> dict[str, float]:
+    model, device = trainer.model, trainer.device
     model.eval()
     with torch.no_grad():
         rows = evaluate_pairs(model, vols, val_pairs, cfg.data.downsample, device, batch_size=cfg.train.batch_size,
                               channels_last=cfg.train.channels_last)
-        # loss terms on the validation pairs at training resolution
+        # loss terms on the validation pairs at training resolution (no augmentation)
         terms = []
         for i in range(0, len(val_pairs), cfg.train.batch_size):
             chunk = val_pairs[i: i + cfg.train.batch_size]
             f = torch.tensor([p[0] for p in chunk], device=device)
             m = torch.tensor([p[1] for p in chunk], device=device)
-            terms.append(_loss(cfg, model, prep, f, m)[0].items())
+            terms.append(trainer.loss(f, m)[0].items())
     model.train()
     s = summarise(rows)
-    out = {f"val_{k}": s[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "warped_intensity", "moving_intensity", "outside_pct")}
+    out = {f"val_{k}": s[k] for k in ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "warped_intensity",
+                                      "moving_intensity", "outside_pct")}
     out["val_dice_std"] = s["dice_std"]
     for k in terms[0]:
         out[f"val_{k}"] = float(np.mean([t[k] for t in terms]))
     return out
-
-
-def _loss(cfg: Config, model: RegNet, prep: _Prepared, f: torch.Tensor, m: torch.Tensor):
-    fixed, moving = prep.images[f], prep.images[m]
-    disp = model(moving, fixed)
-    warped = warp(moving, disp)
-    fo = wo = mask = None
-    if prep.onehot is not None:
-        fo = prep.onehot[f]
-        wo = warp(prep.onehot[m], disp)
-        mask = prep.labelled[f] & prep.labelled[m]
-    return total_loss(cfg.loss, fixed, warped, disp, fo, wo, mask), disp
 
 
 class DivergenceGuard:
@@ -173,14 +148,51 @@ def no_registration_baseline(vols: Volumes, pairs: list[Pair]) -> dict[str, floa
     return summarise(evaluate_pairs(None, vols, pairs))
 
 
+def split_for(cfg: Config, vols: Volumes) -> tuple[Split, list[Pair], list[Pair]]:
+    """The subject split and the fixed validation and test pair lists of a config.
+
+    An official Learn2Reg release (``*_dataset.json`` with ``registration_val``) fixes
+    the validation pairs and subjects; the test subjects are then drawn from the others.
+    """
+    d = cfg.data
+    official = [(vols.index(f), vols.index(m)) for f, m in vols.registration_val]
+    split = split_subjects(vols, d.val_subjects, d.split_seed, d.test_subjects,
+                           val_names=sorted({vols.names[i] for p in official for i in p}) if official else None)
+    val_pairs = official or sample_pairs(split.val, d.val_pairs, d.split_seed)
+    test_pairs = sample_pairs(split.test, d.test_pairs, d.split_seed) if split.test else []
+    return split, val_pairs, test_pairs
+
+
+def write_split(path: Path, vols: Volumes, split: Split, val_pairs: list[Pair], test_pairs: list[Pair]) -> None:
+    names = vols.names
+    path.write_text(json.dumps({"train": [names[i] for i in split.train], "val": [names[i] for i in split.val],
+                                "test": [names[i] for i in split.test],
+                                "val_pairs": [[names[f], names[m]] for f, m in val_pairs],
+                                "test_pairs": [[names[f], names[m]] for f, m in test_pairs]}, indent=1))
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar on an interactive terminal only: in a log file one line per step is noise."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
 def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device | str = "cpu",
           on_epoch: Callable[[EpochResult], None] | None = None, resume: str | Path | None = None,
           progress: bool = True, split: Split | None = None) -> TrainResult:
     """Train a registration network on ``vols``; checkpoints and history go to ``out_dir``.
 
-    out_dir gets ``best.pt`` (best val Dice), ``last.pt`` (with optimizer state, for
-    resuming), ``history.jsonl`` (one line per epoch) and ``split.json``.
-    ``resume``: a ``last.pt`` to continue from (model, optimizer, epoch, history, RNG).
+    out_dir gets ``best.pt`` (the epoch with the best objective score, ``train.best_*``),
+    ``last.pt`` (with optimiser and generator states, for an exact resume),
+    ``history.jsonl`` (one line per epoch), ``split.json`` (train/val/test subjects and
+    the val/test pair lists) and ``result.json``.
+    ``resume``: a ``last.pt`` to continue from; the step after a resume is the step an
+    uninterrupted run would have taken.
     """
     device = torch.device(device)
     out = Path(out_dir)
@@ -192,104 +204,87 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     random.seed(t.seed)
     np.random.seed(t.seed)
 
-    split = split or split_subjects(vols, cfg.data.val_subjects, cfg.data.split_seed)
-    val_pairs = sample_pairs(split.val, cfg.data.val_pairs, cfg.data.split_seed)
-    (out / "split.json").write_text(json.dumps({"train": [vols.names[i] for i in split.train],
-                                                "val": [vols.names[i] for i in split.val],
-                                                "val_pairs": [[vols.names[f], vols.names[m]] for f, m in val_pairs]}, indent=1))
+    if split is None:
+        split, val_pairs, test_pairs = split_for(cfg, vols)
+    else:
+        val_pairs = sample_pairs(split.val, cfg.data.val_pairs, cfg.data.split_seed)
+        test_pairs = sample_pairs(split.test, cfg.data.test_pairs, cfg.data.split_seed) if split.test else []
+    write_split(out / "split.json", vols, split, val_pairs, test_pairs)
     val_names = [[vols.names[f], vols.names[m]] for f, m in val_pairs]
+    test_names = [[vols.names[f], vols.names[m]] for f, m in test_pairs]
     noreg_dice = summarise(evaluate_pairs(None, vols, val_pairs, with_hd95=False))["dice"]
-    prep = _Prepared(cfg, vols, device)
-    model = RegNet(cfg.model).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr)
-    sampler = PairSampler(split.train, cfg.data.pairs, t.seed)
-    use_amp = t.amp and device.type == "cuda"
+    objective = Objective.from_train(t)
+    trainer = Trainer(cfg, vols, split, device)
+    model = trainer.model
 
-    start_epoch, step, history = 0, 0, []
-    best_dice, best_epoch = -math.inf, -1
+    start_epoch, history = 0, []
+    best_score, best_dice, best_epoch = -math.inf, math.nan, -1
     guard = DivergenceGuard(t)
     if resume is not None:
         ck = load_checkpoint(resume)
         model.load_state_dict(ck.state_dict)
-        opt.load_state_dict(ck.extra["optimizer"])
-        sampler.g.set_state(ck.extra["sampler_rng"])
-        torch.set_rng_state(ck.extra["torch_rng"])
         st = ck.extra["state"]
-        start_epoch, step, history = ck.epoch, st["step"], list(ck.extra.get("history", []))
-        best_dice, best_epoch = st["best_dice"], st["best_epoch"]
+        trainer.load_state(ck.extra["trainer"])
+        start_epoch, history = ck.epoch, list(ck.extra.get("history", []))
+        best_score, best_dice, best_epoch = st["best_score"], st["best_dice"], st["best_epoch"]
         guard.best_loss, guard.rising = st["best_loss"], st["rising"]
 
-    t0 = time.monotonic()
-    budget = t.max_minutes * 60.0
     status, reason = "completed", f"{t.epochs} epochs"
     sync_every = 1 if device.type == "cpu" else 25
     epoch = start_epoch
     for epoch in range(start_epoch + 1, t.epochs + 1):
         te = time.monotonic()
         budget_hit = False
-        sums = torch.zeros(4, device=device)  # accumulated on the device: no host sync per step
         n_steps = 0
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=t.steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", unit="step", leave=False)
+        bar = _progress_bar(progress, t.steps_per_epoch, f"epoch {epoch}/{t.epochs}")
         for _ in range(t.steps_per_epoch):
-            f, m = sampler(t.batch_size)
-            f, m = f.to(device), m.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                terms, _ = _loss(cfg, model, prep, f, m)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-            step += 1
+            out_step = trainer.step()
             n_steps += 1
-            if step % sync_every == 0 or n_steps == t.steps_per_epoch:
-                if not (torch.isfinite(terms.total) and torch.isfinite(gnorm)):
-                    status, reason = "diverged_nan", f"non-finite loss ({float(terms.total.detach()):.3g}) or gradient norm ({float(gnorm):.3g}) at step {step}"
+            if trainer.steps % sync_every == 0 or n_steps == t.steps_per_epoch:
+                loss, gnorm = out_step.terms.total.detach(), out_step.grad_norm
+                if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
+                    status, reason = "diverged_nan", (f"non-finite loss ({float(loss):.3g}) or gradient norm "
+                                                      f"({float(gnorm):.3g}) at step {trainer.steps}")
                     break
-            opt.step()
-            sums += torch.stack([terms.total.detach(), terms.similarity, terms.regulariser, terms.dice]).float()
             if bar is not None:
-                if n_steps % 10 == 1:  # the only per-step sync, and only for the progress bar
-                    bar.set_postfix(loss=f"{float(terms.total.detach()):.4f}")
+                if n_steps % 10 == 1:  # the only per-step sync, and only on a terminal
+                    bar.set_postfix(loss=f"{float(out_step.terms.total.detach()):.4f}", lr=f"{trainer.lr():.2e}")
                 bar.update(1)
-            if budget and time.monotonic() - t0 > budget:
+            if trainer.budget_spent():
                 budget_hit = True
                 break
         if bar is not None:
             bar.close()
-        means = (sums / max(n_steps, 1)).tolist()
-        train_m = {f"train_{k}": v for k, v in zip(("loss", "loss_sim", "loss_reg", "loss_dice"), means)}
-        train_m["lr"] = t.lr
+        train_m = trainer.epoch_means()
+        train_m["lr"] = trainer.lr()
         if status == "diverged_nan":
             train_m["train_loss"] = math.nan
             metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}, "val_dice_noreg": noreg_dice}
         else:
-            val = _validate(cfg, model, vols, prep, val_pairs, device)
+            val = _validate(cfg, trainer, vols, val_pairs)
             val["val_dice_noreg"] = noreg_dice
             metrics = {**train_m, **val}
             status, reason = guard.check(train_m["train_loss"], val)
             if status == "running":
                 status = "completed"
                 reason = f"wall-clock budget of {t.max_minutes:g} min reached" if budget_hit else f"{epoch} epochs"
-        is_best = status == "completed" and metrics["val_dice"] > best_dice
+        metrics["score"] = objective.score(metrics) if status in ("completed",) else objective.score({})
+        is_best = status == "completed" and metrics["score"] > best_score
         if is_best:
-            best_dice, best_epoch = metrics["val_dice"], epoch
-            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names)
+            best_score, best_dice, best_epoch = metrics["score"], metrics["val_dice"], epoch
+            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names, test_pairs=test_names)
         final = status != "completed" or epoch == t.epochs or budget_hit
-        rec = {"epoch": epoch, "step": step, "seconds": time.monotonic() - te,
-               "status": status if final else "running", **metrics}
+        rec = {"epoch": epoch, "step": trainer.steps, "seconds": time.monotonic() - te,
+               "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
         history.append(rec)
-        state = {"step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_loss": guard.best_loss, "rising": guard.rising}
+        state = {"best_score": best_score, "best_dice": best_dice, "best_epoch": best_epoch,
+                 "best_loss": guard.best_loss, "rising": guard.rising}
         if status != "diverged_nan":  # never keep NaN weights as the state to resume from
-            save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, optimizer=opt.state_dict(),
-                            sampler_rng=sampler.g.get_state(), torch_rng=torch.get_rng_state(), state=state,
-                            history=history, val_pairs=val_names, status=rec["status"])
+            save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
+                            history=history, val_pairs=val_names, test_pairs=test_names, status=rec["status"])
         with (out / "history.jsonl").open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        result = EpochResult(epoch, step, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)
+        result = EpochResult(epoch, trainer.steps, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)
         if on_epoch is not None:
             try:
                 on_epoch(result)
@@ -299,7 +294,9 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                 break
         if final:
             break
-    res = TrainResult(status, reason, epoch, best_epoch, best_dice, history, out)
-    (out / "result.json").write_text(json.dumps({"status": status, "reason": reason, "epochs": epoch,
-                                                 "best_epoch": best_epoch, "best_val_dice": best_dice}, indent=1))
+    res = TrainResult(status, reason, epoch, best_epoch, best_dice, history, out, best_score, trainer.steps)
+    (out / "result.json").write_text(json.dumps({"status": status, "reason": reason, "epochs": epoch, "steps": trainer.steps,
+                                                 "seconds": trainer.elapsed(), "best_epoch": best_epoch,
+                                                 "best_score": best_score, "objective": objective.describe(),
+                                                 "best_val_dice": best_dice}, indent=1))
     return res

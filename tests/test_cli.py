@@ -10,7 +10,7 @@ from scipy.ndimage import map_coordinates
 
 from regtune.cli import main
 
-TINY = ["--set", "model.enc=[8,16,16]", "--set", "model.dec=[16,16,16,16,8]", "--set", "data.val_subjects=3",
+TINY = ["--set", "model.enc=[8,16,16]", "--set", "model.dec=[16,16,16,16,8]", "--set", "data.val_subjects=3", "--set", "data.test_subjects=2",
         "--set", "data.val_pairs=3", "--set", "train.batch_size=2", "--set", "train.steps_per_epoch=4",
         "--set", "train.epochs=1", "--set", "train.lr=1e-3"]
 

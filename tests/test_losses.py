@@ -54,7 +54,7 @@ def test_dice_loss_and_total():
     disp = torch.randn(2, 3, 6, 6, 6)
     t = total_loss(cfg, f, f * 0.5, disp, a, a.flip(1))
     assert float(t.total) == pytest.approx(float(mse(f, f * 0.5)) + 0.5 * float(diffusion(disp)) + 2.0 * float(t.dice), rel=1e-5)
-    assert set(t.items()) == {"loss", "loss_sim", "loss_reg", "loss_dice"}
+    assert set(t.items()) == {"loss", "loss_sim", "loss_reg", "loss_dice", "loss_jac", "loss_ic"}
 
 
 def test_box_mean_matches_avg_pool():

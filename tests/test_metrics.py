@@ -43,7 +43,7 @@ def test_jacobian_of_known_affine_field():
     det = jacobian_determinant(disp)
     assert det.shape == (8, 8, 8)
     assert np.allclose(det, np.linalg.det(np.eye(3) + A))
-    sd, fold = jacobian_stats(disp)
+    sd, fold, _ = jacobian_stats(disp)
     assert sd == pytest.approx(0.0, abs=1e-12) and fold == 0.0
 
 
@@ -51,7 +51,7 @@ def test_folding_counted_before_clipping():
     grid = np.stack(np.meshgrid(*(np.arange(12.0),) * 3, indexing="ij"))
     disp = np.zeros((3, 12, 12, 12))
     disp[0] = -2.0 * grid[0]  # d u_x / dx = -2 -> det = -1 everywhere
-    sd, fold = jacobian_stats(disp)
+    sd, fold, _ = jacobian_stats(disp)
     assert fold == 100.0
 
 
@@ -118,5 +118,5 @@ def test_jacobian_in_float32_agrees_with_float64():
     d32, d64 = jacobian_determinant(disp), jacobian_determinant(disp.astype(np.float64))
     assert d32.dtype == np.float32 and d64.dtype == np.float64
     assert np.abs(d32 - d64).max() < 1e-5
-    (s32, f32), (s64, f64) = jacobian_stats(disp), jacobian_stats(disp.astype(np.float64))
+    (s32, f32, _), (s64, f64, _) = jacobian_stats(disp), jacobian_stats(disp.astype(np.float64))
     assert s32 == pytest.approx(s64, abs=1e-5) and f32 == pytest.approx(f64, abs=0.5)

@@ -10,7 +10,7 @@ from regtune.data import load_folder
 from regtune.data.pairs import Split
 from regtune.train import DivergenceGuard, StopTraining, no_registration_baseline, train
 
-TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2,
+TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2, "data.test_subjects": 2,
         "data.downsample": 1, "train.batch_size": 2, "loss.dice_weight": 0.0}
 
 

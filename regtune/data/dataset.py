@@ -5,6 +5,8 @@ Layout::
     ROOT/imagesTr/NAME.nii.gz   one 3D image per subject
     ROOT/labelsTr/NAME.nii.gz   its label map (same file name, shape and affine)
     ROOT/imagesTs/NAME.nii.gz   optional unlabelled images
+    ROOT/<Task>_dataset.json    optional: an official Learn2Reg release's file list
+                                ("training") and validation pairs ("registration_val")
 
 Every image is normalised on its own (clip to its [clip_low, clip_high] percentiles,
 rescale to [0, 1]); label values outside ``data.labels`` are mapped to background and
@@ -36,6 +38,8 @@ class Volumes:
     labelled: (N,) bool, True where the subject has a label map.
     spacing: voxel size in mm of the first volume (all must agree).
     notes: what the loader changed (stray labels, padding masks), one line each.
+    registration_val: the official validation pairs (fixed, moving names) of a Learn2Reg
+        release's ``*_dataset.json``; empty otherwise.
     """
 
     names: list[str]
@@ -47,6 +51,7 @@ class Volumes:
     label_values: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
     raw_p99: dict[str, float] = field(default_factory=dict)  # 99th percentile as stored on disk
+    registration_val: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -143,10 +148,58 @@ def load_folder(root: str | Path, cfg: DataConfig, progress: bool = False) -> Vo
     for d in (img_dir, lab_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder missing; a Learn2Reg-layout folder has imagesTr/ and labelsTr/")
-    files = match_labels(img_dir, lab_dir)
+    release = find_release_json(root)
+    if release is not None:
+        files, val_pairs = read_release_json(release)
+    else:
+        files, val_pairs = match_labels(img_dir, lab_dir), []
     if cfg.use_unlabelled and (root / "imagesTs").is_dir():
         files += [(p, None) for p in list_nifti(root / "imagesTs")]
-    return load_files(files, cfg, progress=progress, desc=root.name)
+    vols = load_files(files, cfg, progress=progress, desc=root.name)
+    vols.registration_val = val_pairs
+    return vols
+
+
+def find_release_json(root: Path) -> Path | None:
+    """``<Task>_dataset.json`` of an official Learn2Reg release in ``root`` (None if absent)."""
+    found = sorted(Path(root).glob("*_dataset.json"))
+    return found[0] if found else None
+
+
+def read_release_json(path: Path) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
+    """Files of the "training" list and the "registration_val" pairs of a Learn2Reg
+    ``*_dataset.json`` (paths relative to its folder, e.g. ``./imagesTr/HippocampusMR_0001_0000.nii.gz``)."""
+    import json
+
+    root = path.parent
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read the release's dataset JSON ({e}); fix it or move it away to use imagesTr/labelsTr") from None
+    entries = doc.get("training")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: no 'training' list of {{image, label}} entries")
+    files: list[tuple[Path, Path | None]] = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "image" not in e:
+            raise DataError(f"{path}: training[{i}] has no 'image' entry")
+        img = (root / e["image"]).resolve()
+        lab = (root / e["label"]).resolve() if e.get("label") else None
+        for p in (img, lab):
+            if p is not None and not p.is_file():
+                raise DataError(f"{path}: training[{i}] lists {p}, which does not exist")
+        files.append((img, lab))
+    pairs = []
+    for i, pr in enumerate(doc.get("registration_val") or []):
+        if not isinstance(pr, dict) or "fixed" not in pr or "moving" not in pr:
+            raise DataError(f"{path}: registration_val[{i}] needs 'fixed' and 'moving'")
+        pairs.append((stem(pr["fixed"]), stem(pr["moving"])))
+    known = {stem(p) for p, _ in files}
+    for f, m in pairs:
+        for n in (f, m):
+            if n not in known:
+                raise DataError(f"{path}: registration_val names {n}, which is not in its training list")
+    return files, pairs
 
 
 def match_labels(img_dir: Path, lab_dir: Path | None) -> list[tuple[Path, Path | None]]:
@@ -192,6 +245,13 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
         elif img.shape != ref_shape:
             raise DataError(f"{ipath}: shape {img.shape} differs from {Path(files[0][0]).name}'s {ref_shape}; "
                             f"resample all volumes to one grid first")
+        elif not np.allclose(spacing, ref_spacing, rtol=1e-4, atol=1e-4):
+            raise DataError(f"{ipath}: voxel spacing {tuple(round(x, 4) for x in spacing)} mm differs from "
+                            f"{Path(files[0][0]).name}'s {tuple(round(x, 4) for x in ref_spacing)}; resample all volumes "
+                            f"to one spacing first (metrics in mm assume one)")
+        elif not np.allclose(aff, ref_aff, atol=1e-3):
+            raise DataError(f"{ipath}: affine differs from {Path(files[0][0]).name}'s (another orientation or origin); "
+                            f"resample all volumes onto one grid first (registration pairs voxels by index)")
         if lpath is not None:
             lpath = Path(lpath)
             lab, laff, _ = read_volume(lpath)

@@ -21,23 +21,57 @@ Pair = tuple[int, int]
 
 @dataclass(frozen=True)
 class Split:
-    """Subject-level split: no subject is in both lists."""
+    """Subject-level split: no subject is in two lists.
+
+    train: trained on. val: picks the best epoch (and a study's best trial). test: held
+    out from both; only ``regtune evaluate`` scores it.
+    """
 
     train: tuple[int, ...]
     val: tuple[int, ...]
+    test: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if set(self.test) & (set(self.train) | set(self.val)):
+            raise ValueError(f"Split: test subjects overlap train/val, got test {self.test}")
+
+    def role(self, i: int) -> str:
+        return "test" if i in self.test else "val" if i in self.val else "train" if i in self.train else "none"
 
 
-def split_subjects(vols: Volumes, val_subjects: int, seed: int) -> Split:
-    """Hold out ``val_subjects`` labelled subjects (seeded); everything else trains."""
+def split_subjects(vols: Volumes, val_subjects: int, seed: int, test_subjects: int = 0,
+                   val_names: list[str] | None = None) -> Split:
+    """Hold out ``test_subjects`` and ``val_subjects`` labelled subjects (seeded);
+    everything else (unlabelled images included) trains.
+
+    The test subjects are the first ``test_subjects`` of one seeded permutation of the
+    labelled subjects, so they do not change with ``val_subjects``. ``val_names`` (the
+    subjects of an official validation pair list) fixes the validation subjects instead
+    of drawing them; the test subjects are then drawn from the others.
+    """
     labelled = [i for i in range(len(vols)) if bool(vols.labelled[i])]
-    if val_subjects > len(labelled) - 2:
-        raise DataError(f"data.val_subjects={val_subjects} leaves fewer than 2 training subjects "
-                        f"({len(labelled)} labelled); lower it, e.g. --set data.val_subjects={max(2, len(labelled) // 5)}")
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(labelled), generator=g).tolist()
-    val = sorted(labelled[i] for i in perm[:val_subjects])
-    train = sorted(set(range(len(vols))) - set(val))
-    return Split(train=tuple(train), val=tuple(val))
+    if val_names:
+        val_set = {vols.index(n) for n in val_names}
+        pool = [i for i in labelled if i not in val_set]
+        perm = torch.randperm(len(pool), generator=g).tolist()
+        test = sorted(pool[i] for i in perm[:test_subjects])
+        val = sorted(val_set)
+    else:
+        need = val_subjects + test_subjects + 2
+        if need > len(labelled):
+            n = len(labelled)
+            hint_test = n // 5 if n // 5 >= 2 and n - n // 5 >= 4 else 0
+            raise DataError(f"data.val_subjects={val_subjects} + data.test_subjects={test_subjects} leave fewer than 2 of "
+                            f"the {n} labelled subjects to train on; lower them, e.g. --set data.val_subjects="
+                            f"{max(2, min(n // 10, n - hint_test - 2))} --set data.test_subjects={hint_test}")
+        perm = torch.randperm(len(labelled), generator=g).tolist()
+        test = sorted(labelled[i] for i in perm[:test_subjects])
+        val = sorted(labelled[i] for i in perm[test_subjects: test_subjects + val_subjects])
+    train = sorted(set(range(len(vols))) - set(val) - set(test))
+    if len(train) < 2:
+        raise DataError(f"the split leaves {len(train)} training subject(s); lower data.test_subjects ({test_subjects})")
+    return Split(train=tuple(train), val=tuple(val), test=tuple(test))
 
 
 def all_pairs(idx: tuple[int, ...] | list[int]) -> list[Pair]:
@@ -56,25 +90,38 @@ def sample_pairs(idx: tuple[int, ...] | list[int], n: int, seed: int) -> list[Pa
 class PairSampler:
     """Training batches of (fixed, moving) index tensors.
 
-    ``mode='random'`` draws independent pairs of distinct subjects every step;
+    ``mode='random'`` draws independent pairs of distinct subjects every step, on
+    ``device`` (its own generator there: no host work or sync per step);
     ``mode='all'`` walks a shuffled all-vs-all list and reshuffles at its end.
     """
 
-    def __init__(self, idx: tuple[int, ...], mode: str, seed: int):
+    def __init__(self, idx: tuple[int, ...], mode: str, seed: int, device: torch.device | str = "cpu"):
         if len(idx) < 2:
             raise DataError(f"need at least 2 training subjects, got {len(idx)}")
-        self.idx = torch.tensor(idx)
+        self.device = torch.device(device)
         self.mode = mode
-        self.g = torch.Generator().manual_seed(seed)
+        random_mode = mode != "all"
+        self.idx = torch.tensor(idx, device=self.device if random_mode else "cpu")
+        self.g = torch.Generator(device=self.device if random_mode else "cpu").manual_seed(seed)
         self._all = torch.tensor(all_pairs(idx)) if mode == "all" else None
         self._pos = 0
         self._order = None
 
+    def state(self) -> dict:
+        return {"rng": self.g.get_state(), "pos": self._pos, "order": self._order}
+
+    def set_state(self, st: dict | torch.Tensor) -> None:
+        if isinstance(st, torch.Tensor):  # older checkpoints: the generator state only
+            self.g.set_state(st)
+            return
+        self.g.set_state(st["rng"])
+        self._pos, self._order = int(st["pos"]), st["order"]
+
     def __call__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._all is None:
             n = len(self.idx)
-            f = torch.randint(n, (batch,), generator=self.g)
-            m = (f + torch.randint(1, n, (batch,), generator=self.g)) % n  # never equal to f
+            f = torch.randint(n, (batch,), generator=self.g, device=self.device)
+            m = (f + torch.randint(1, n, (batch,), generator=self.g, device=self.device)) % n  # never equal to f
             return self.idx[f], self.idx[m]
         out = []
         while len(out) < batch:
@@ -84,7 +131,7 @@ class PairSampler:
             take = self._order[self._pos: self._pos + batch - len(out)]
             self._pos += len(take)
             out.append(self._all[take])
-        p = torch.cat(out)
+        p = torch.cat(out).to(self.device)
         return p[:, 0], p[:, 1]
 
 

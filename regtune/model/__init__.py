@@ -1,6 +1,7 @@
 """Network and spatial transformer (plain torch)."""
 
-from .transform import downsample_image, integrate_velocity, outside_fraction, upsample_field, warp
-from .unet import RegNet, predict_field
+from .transform import compose, downsample_image, integrate_velocity, outside_fraction, upsample_field, warp
+from .unet import RegNet, predict_field, predict_fields
 
-__all__ = ["RegNet", "predict_field", "warp", "integrate_velocity", "upsample_field", "downsample_image", "outside_fraction"]
+__all__ = ["RegNet", "predict_field", "predict_fields", "warp", "compose", "integrate_velocity", "upsample_field",
+           "downsample_image", "outside_fraction"]

@@ -74,17 +74,45 @@ def integrate_velocity(vel: torch.Tensor, steps: int) -> torch.Tensor:
     return disp
 
 
+def compose(u_first: torch.Tensor, u_second: torch.Tensor) -> torch.Tensor:
+    """Displacement of the composed map x -> y + u_second(y), y = x + u_first(x):
+    ``u_first(x) + u_second(x + u_first(x))``. With a forward field and its inverse this is
+    ~0 (the inverse-consistency error)."""
+    return u_first + warp(u_second, u_first)
+
+
+def _pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
+    pad = [(-s) % factor for s in x.shape[2:]]
+    if not any(pad):
+        return x
+    return F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+
+
 def downsample_image(img: torch.Tensor, factor: int) -> torch.Tensor:
-    """Average-pool by ``factor``: small voxel k covers full voxels [f k, f k + f)."""
-    return img if factor == 1 else F.avg_pool3d(img, factor)
+    """Average-pool by ``factor``: small voxel k covers full voxels [f k, f k + f).
+    A size that is not a multiple of ``factor`` is first edge-padded up to one (the last
+    coarse voxel covers the last full voxels plus copies of the edge); :func:`upsample_field`
+    undoes exactly this geometry."""
+    return img if factor == 1 else F.avg_pool3d(_pad_to_multiple(img, factor), factor)
 
 
 def upsample_field(disp: torch.Tensor, factor: int, size: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """Voxel displacement on the ``factor``-times coarser grid -> full grid.
+    """Voxel displacement on the ``factor``-times coarser grid of :func:`downsample_image`
+    -> the full grid of ``size`` (default: ``factor`` x the coarse size).
 
-    Geometry matches :func:`downsample_image` (``align_corners=False``) and the values
-    are multiplied by ``factor`` because a coarse voxel is ``factor`` full voxels.
+    Geometry matches :func:`downsample_image` (``align_corners=False`` on the padded
+    grid, then cropped to ``size``) and the values are multiplied by ``factor`` because
+    a coarse voxel is ``factor`` full voxels.
     """
     if factor == 1:
         return disp
-    return F.interpolate(disp * factor, size=size, scale_factor=None if size else factor, mode="trilinear", align_corners=False)
+    coarse = tuple(disp.shape[2:])
+    if size is None:
+        size = tuple(factor * n for n in coarse)
+    size = tuple(int(n) for n in size)
+    expect = tuple(-(-n // factor) for n in size)
+    if expect != coarse:
+        raise ValueError(f"upsample_field: a {coarse} field is not the x{factor} coarse grid of {size} "
+                         f"(expected {expect}), got disp {tuple(disp.shape)}")
+    up = F.interpolate(disp * factor, scale_factor=factor, mode="trilinear", align_corners=False)
+    return up[:, :, : size[0], : size[1], : size[2]]

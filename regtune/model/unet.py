@@ -42,11 +42,15 @@ class RegNet(nn.Module):
     conv(dec[i]), upsample x2, concatenate the skip. The remaining ``dec`` widths are
     full-resolution convs, then a 3-channel flow head initialised N(0, 1e-5) so the
     network starts at (almost exactly) the identity transform. With
-    ``int_steps > 0`` the head output is a stationary velocity integrated by scaling
-    and squaring (diffeomorphic mode).
+    ``int_steps > 0`` the head output is a stationary velocity v integrated by scaling
+    and squaring (diffeomorphic mode; on a grid ``int_downsize`` times coarser, then
+    upsampled), and the inverse transform is exp(-v). With ``symmetric`` the velocity is
+    0.5 (g(m, f) - g(f, m)) for the U-Net g (one batched pass over both orders).
 
-    forward(moving, fixed): both (B, 1, X, Y, Z) -> (B, 3, X, Y, Z). Sizes that are not
-    a multiple of 2**len(enc) are edge-padded internally and cropped back.
+    forward(moving, fixed): both (B, 1, X, Y, Z) -> (B, 3, X, Y, Z) displacement.
+    fields(moving, fixed): (forward, backward) displacements; backward is the inverse
+    transform exp(-v) (None for a plain-displacement model). Sizes that are not a multiple
+    of 2**len(enc) are edge-padded internally and cropped back.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -71,12 +75,43 @@ class RegNet(nn.Module):
         nn.init.zeros_(self.flow.bias)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self.fields(moving, fixed, backward=False)[0]
+
+    def velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """The head's output in voxel units (B, 3, X, Y, Z), float32: a velocity when
+        ``int_steps > 0``, else the displacement itself."""
         if moving.ndim != 5 or moving.shape[1] != 1 or moving.shape != fixed.shape:
             raise ValueError(f"RegNet expects moving and fixed of shape (B, 1, X, Y, Z), got {tuple(moving.shape)} and {tuple(fixed.shape)}")
-        size = moving.shape[2:]
+        if not self.cfg.symmetric:
+            return self._unet(torch.cat([moving, fixed], dim=1))
+        b = moving.shape[0]
+        g = self._unet(torch.cat([torch.cat([moving, fixed], dim=1), torch.cat([fixed, moving], dim=1)], dim=0))
+        return 0.5 * (g[:b] - g[b:])
+
+    def fields(self, moving: torch.Tensor, fixed: torch.Tensor, backward: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(forward, backward) voxel displacements on the input grid: forward warps
+        moving onto fixed; backward (the inverse transform exp(-v), fixed onto moving) is
+        None for a plain-displacement model or when not asked for."""
+        v = self.velocity(moving, fixed)
+        if self.cfg.int_steps == 0:
+            return v, None
+        size = tuple(v.shape[2:])
+        k = self.cfg.int_downsize
+        vc = downsample_image(v, k) / k if k > 1 else v
+        if backward:  # both directions in one batched integration
+            fwd, bwd = integrate_velocity(torch.cat([vc, -vc]), self.cfg.int_steps).chunk(2)
+        else:
+            fwd, bwd = integrate_velocity(vc, self.cfg.int_steps), None
+        if k > 1:
+            fwd = upsample_field(fwd, k, size)
+            bwd = upsample_field(bwd, k, size) if bwd is not None else None
+        return fwd, bwd
+
+    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
         m = 2 ** len(self.cfg.enc)
         pad = [(-s) % m for s in size]
-        x = torch.cat([moving, fixed], dim=1)
         if any(pad):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
         skips = []
@@ -93,10 +128,7 @@ class RegNet(nn.Module):
         flow = self.flow(x)
         if any(pad):
             flow = flow[:, :, : size[0], : size[1], : size[2]]
-        flow = flow.float()
-        if self.cfg.int_steps > 0:
-            flow = integrate_velocity(flow, self.cfg.int_steps)
-        return flow
+        return flow.float()
 
 
 def predict_field(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int,
@@ -106,8 +138,15 @@ def predict_field(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, down
     The network runs at 1/``downsample`` resolution (as it was trained) and its field is
     upsampled to the input grid.
     """
+    return predict_fields(model, fixed, moving, downsample, channels_last, backward=False)[0]
+
+
+def predict_fields(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int,
+                   channels_last: bool = False, backward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Full-resolution (forward, backward) displacements, see :meth:`RegNet.fields`."""
     f, m = downsample_image(fixed, downsample), downsample_image(moving, downsample)
     if channels_last:
         f, m = f.contiguous(memory_format=torch.channels_last_3d), m.contiguous(memory_format=torch.channels_last_3d)
-    disp = model(m, f)
-    return upsample_field(disp, downsample, size=tuple(fixed.shape[2:]))
+    fwd, bwd = model.fields(m, f, backward=backward)
+    size = tuple(fixed.shape[2:])
+    return upsample_field(fwd, downsample, size), (upsample_field(bwd, downsample, size) if bwd is not None else None)

@@ -13,7 +13,7 @@ from regtune.search.study import StudyOptions, run_study
 
 BASE = {
     "model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 7,
-    "data.downsample": 1, "data.val_subjects": 3, "data.val_pairs": 3,
+    "data.downsample": 1, "data.val_subjects": 3, "data.val_pairs": 3, "data.test_subjects": 2,
     "train.epochs": 3, "train.steps_per_epoch": 40, "train.batch_size": 2, "loss.dice_weight": 1.0,
     "loss.ncc_window": 5,
 }

@@ -17,7 +17,7 @@ from regtune.search.study import StudyError, StudyOptions, format_table, run_stu
 
 TINY_BASE = {
     "model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
-    "data.downsample": 2, "data.val_subjects": 3, "data.val_pairs": 2,
+    "data.downsample": 2, "data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2,
     "train.epochs": 3, "train.steps_per_epoch": 15, "train.batch_size": 2, "loss.dice_weight": 0.0,
 }
 

@@ -1,0 +1,171 @@
+"""One training step, and everything it needs resident on the training device.
+
+:class:`Trainer` is the product's step: ``regtune train``, study trials and the
+benchmarks all run it (the epoch loop, validation and checkpoints live in
+:mod:`regtune.train`). Per step it draws pairs on the device, augments them there, runs
+the network (both directions when ``train.symmetric``), computes the loss under bf16
+autocast on CUDA when ``train.amp``, and updates the weights, all without a host sync;
+the epoch's loss sums accumulate on the device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .augment import Augmenter
+from .config import Config
+from .data.dataset import Volumes
+from .data.pairs import PairSampler, Split
+from .losses import TERMS, LossTerms, combine, loss_terms
+from .model import RegNet, downsample_image, warp
+from .schedule import lr_factor, progress
+
+
+class Prepared:
+    """Training-resolution tensors on the device, made once."""
+
+    def __init__(self, cfg: Config, vols: Volumes, device: torch.device):
+        ds = cfg.data.downsample
+        self.images = downsample_image(vols.images, ds).to(device)
+        # one-hot labels at training resolution, built a few subjects at a time: the full-resolution
+        # one-hot of every subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
+        self.onehot = None
+        if cfg.loss.dice_weight > 0:
+            n, step = len(vols), 16
+            self.onehot = torch.cat([downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
+                                     for i in range(0, n, step)]).to(device)
+        self.labelled = vols.labelled.to(device)
+        if cfg.train.channels_last:
+            self.images = self.images.contiguous(memory_format=torch.channels_last_3d)
+
+
+@dataclass
+class StepOutput:
+    terms: LossTerms
+    grad_norm: torch.Tensor
+
+
+class Trainer:
+    """Model, optimiser, pair sampler, augmentation and schedule of one run.
+
+    ``step()`` runs one optimiser step; ``loss(f, m)`` the loss of given pairs (used by
+    validation without augmentation). ``state()`` / ``load_state()`` capture everything
+    a bit-identical continuation needs (weights, optimiser, every generator, step, time).
+    """
+
+    def __init__(self, cfg: Config, vols: Volumes, split: Split, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        t = cfg.train
+        self.prep = Prepared(cfg, vols, self.device)
+        self.model = RegNet(cfg.model).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
+        self.sampler = PairSampler(split.train, cfg.data.pairs, t.seed, device=self.device)
+        self.augment = Augmenter(cfg.aug, self.device, seed=t.seed + 1) if cfg.aug.any else None
+        self.use_amp = t.amp and self.device.type == "cuda"
+        self.steps = 0
+        self.seconds = 0.0  # training time spent before this process (resume) -- the budget clock
+        self._t0 = time.monotonic()
+        self.sums = torch.zeros(1 + len(TERMS), device=self.device)
+        self.n_sum = 0
+
+    # ---- time and schedule ------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of this run so far (across resumes): what ``train.max_minutes`` counts."""
+        return self.seconds + time.monotonic() - self._t0
+
+    def progress(self) -> float:
+        return progress(self.cfg.train, self.steps, self.elapsed())
+
+    def lr(self) -> float:
+        return self.cfg.train.lr * lr_factor(self.cfg.train, self.progress())
+
+    def budget_spent(self) -> bool:
+        t = self.cfg.train
+        return t.max_minutes > 0 and self.elapsed() >= 60.0 * t.max_minutes
+
+    # ---- the loss -----------------------------------------------------------------
+    def loss(self, f: torch.Tensor, m: torch.Tensor, augment: bool = False,
+             weights: dict[str, torch.Tensor | float] | None = None) -> tuple[LossTerms, torch.Tensor]:
+        """Loss of pairs (fixed index ``f``, moving index ``m``) and the forward field."""
+        cfg, prep = self.cfg, self.prep
+        fixed, moving = prep.images[f], prep.images[m]
+        fo = mo = mask = None
+        if prep.onehot is not None:
+            fo, mo = prep.onehot[f], prep.onehot[m]
+            mask = prep.labelled[f] & prep.labelled[m]
+        if augment and self.augment is not None:
+            fixed, moving, fo, mo = self.augment(fixed, moving, fo, mo)
+            if cfg.train.channels_last:
+                fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
+                moving = moving.contiguous(memory_format=torch.channels_last_3d)
+        need_bwd = cfg.train.symmetric or cfg.loss.ic_weight > 0
+        if cfg.model.int_steps > 0:
+            fwd, bwd = self.model.fields(moving, fixed, backward=need_bwd)
+        elif need_bwd:  # plain displacement: the backward field is the network's own for the swapped pair
+            b = fixed.shape[0]
+            both = self.model(torch.cat([moving, fixed]), torch.cat([fixed, moving]))
+            fwd, bwd = both[:b], both[b:]
+        else:
+            fwd, bwd = self.model(moving, fixed), None
+        terms = self._terms(fixed, moving, fo, mo, mask, fwd, bwd)
+        if cfg.train.symmetric:
+            back = self._terms(moving, fixed, mo, fo, mask, bwd, fwd)
+            terms = {k: 0.5 * (terms[k] + back[k]) for k in terms}
+        return combine(cfg.loss, terms, mask, weights), fwd
+
+    def _terms(self, fixed, moving, fo, mo, mask, fwd, bwd) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms of warping ``moving`` (and its labels) with ``fwd``."""
+        if mo is not None:  # image and label channels in one grid_sample
+            w = warp(torch.cat([moving.float(), mo.float()], dim=1), fwd)
+            warped, wo = w[:, :1], w[:, 1:]
+        else:
+            warped, wo = warp(moving, fwd), None
+        return loss_terms(self.cfg.loss, fixed, warped, fwd, fo, wo, mask, backward=bwd)
+
+    # ---- one step -----------------------------------------------------------------
+    def step(self) -> StepOutput:
+        t = self.cfg.train
+        lr = self.lr()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        f, m = self.sampler(t.batch_size)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            terms, _ = self.loss(f, m, augment=True)
+        self.opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        self.opt.step()
+        self.steps += 1
+        self.sums += terms.stacked()
+        self.n_sum += 1
+        return StepOutput(terms, gnorm)
+
+    def epoch_means(self) -> dict[str, float]:
+        """Mean of each loss term since the last call (one host sync), then reset."""
+        vals = (self.sums / max(self.n_sum, 1)).tolist()
+        self.sums.zero_()
+        self.n_sum = 0
+        return {"train_loss": vals[0], **{f"train_loss_{k}": v for k, v in zip(TERMS, vals[1:])}}
+
+    # ---- exact resume -------------------------------------------------------------
+    def state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "sampler": self.sampler.state(),
+                "augment_rng": self.augment.state() if self.augment is not None else None,
+                "torch_rng": torch.get_rng_state(), "steps": self.steps, "seconds": self.elapsed()}
+
+    def load_state(self, st: dict) -> None:
+        self.opt.load_state_dict(st["optimizer"])
+        self.sampler.set_state(st["sampler"])
+        if self.augment is not None and st.get("augment_rng") is not None:
+            self.augment.set_state(st["augment_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.steps = int(st["steps"])
+        self.seconds = float(st.get("seconds", 0.0))
+        self._t0 = time.monotonic()
