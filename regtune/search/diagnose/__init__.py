@@ -1,0 +1,14 @@
+"""``regtune diagnose``: read a finished study back and explain it.
+
+- :mod:`.analysis`: load the study (MLflow runs + the persisted Optuna study), classify
+  each trial, parameter importance, separation rules, safe ranges, the next space;
+- :mod:`.figures`: the report's figures;
+- :mod:`.report`: the findings in words and the report files.
+"""
+
+from ..space import Param
+from .analysis import CLASSES, COLOURS, DIVERGED, Diagnosis, TrialInfo, classify, diagnose
+from .report import explain, write_report
+
+__all__ = ["diagnose", "write_report", "explain", "classify", "Diagnosis", "TrialInfo", "CLASSES", "COLOURS", "DIVERGED",
+           "Param"]

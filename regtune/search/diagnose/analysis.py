@@ -1,0 +1,296 @@
+"""Diagnose, part 1: read a study back and analyse it (no plotting, no report text).
+
+Sources: MLflow (per-trial status, metric histories, figures), the persisted Optuna study
+(for parameter importance) and the space file. Every trial gets one class; parameter
+importance is computed for the objective and for divergence with Optuna's importance
+API; a decision stump per parameter names the threshold that separates diverged from
+converged trials; and a narrowed next space is proposed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ...errors import RegtuneError
+from ..space import SearchSpace, parse_space
+
+DIVERGED = ("diverged (NaN/inf)", "diverged (loss rising)", "collapsed")
+CLASSES = ("converged", "stopped early", "no motion (over-regularised or lr too small)", "folding", *DIVERGED, "error", "interrupted",
+           "unfinished")
+COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", "no motion (over-regularised or lr too small)": "#1f77b4",
+           "folding": "#ff7f0e", "diverged (NaN/inf)": "#d62728", "diverged (loss rising)": "#e377c2",
+           "collapsed": "#000000", "error": "#8c564b", "interrupted": "#bcbd22", "unfinished": "#17becf"}
+NO_MOTION_MARGIN = 0.02
+
+
+@dataclass
+class TrialInfo:
+    trial_id: str
+    run_id: str
+    params: dict[str, Any]
+    status: str
+    reason: str
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    cls: str = ""
+
+
+@dataclass
+class Diagnosis:
+    space: SearchSpace
+    parent_run_id: str
+    trials: list[TrialInfo]
+    noreg_dice: float
+    importance_objective: dict[str, float]
+    importance_divergence: dict[str, float]
+    separators: list[dict]
+    safe_ranges: dict[str, Any]
+    next_space: dict
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.cls] = out.get(t.cls, 0) + 1
+        return out
+
+
+def _typed(space: SearchSpace, key: str, raw: str) -> Any:
+    p = next((q for q in space.params if q.key == key), None)
+    if p is None:
+        return raw
+    if p.type == "categorical":
+        for c in p.choices:
+            if str(c) == raw:
+                return c
+        return raw
+    return int(float(raw)) if p.type == "int" else float(raw)
+
+
+def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
+    st = t.status
+    if st == "diverged_nan":
+        return "diverged (NaN/inf)"
+    if st == "diverged_rising":
+        return "diverged (loss rising)"
+    if st == "collapsed":
+        return "collapsed"
+    if st == "error":
+        return "error"
+    if st == "interrupted":
+        return "interrupted"
+    if st in ("running", "time_limit") and "best_val_dice" not in t.metrics:
+        return "unfinished"
+    dice = t.metrics.get("best_val_dice", math.nan)
+    fold = t.metrics.get("best_val_folding_pct", t.metrics.get("final_val_folding_pct", 0.0))
+    if math.isfinite(fold) and fold > folding_limit:
+        return "folding"
+    if math.isfinite(noreg_dice) and math.isfinite(dice) and dice < noreg_dice + NO_MOTION_MARGIN:
+        return "no motion (over-regularised or lr too small)" if st == "completed" else "stopped early"
+    if st == "stopped_early":
+        return "stopped early"
+    return "converged"
+
+
+def load_trials(client, space: SearchSpace, experiment_id: str) -> tuple[str, list[TrialInfo]]:
+    runs = client.search_runs([experiment_id], max_results=5000)
+    parents = [r for r in runs if r.data.tags.get("regtune.kind") == "study"]
+    if not parents:
+        raise RegtuneError(f"experiment {experiment_id} holds no regtune study parent run")
+    parent = sorted(parents, key=lambda r: r.info.start_time)[-1]
+    out = []
+    for r in runs:
+        if r.data.tags.get("regtune.kind") != "trial" or r.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
+            continue
+        if r.data.tags.get("regtune.orphan") == "true":
+            continue
+        params = {p.key: _typed(space, p.key, r.data.params[p.key]) for p in space.params if p.key in r.data.params}
+        t = TrialInfo(r.data.tags.get("regtune.trial_id", r.info.run_id[:8]), r.info.run_id, params,
+                      r.data.tags.get("regtune.status", "running"), r.data.tags.get("regtune.reason", ""), dict(r.data.metrics))
+        for k in ("val_dice", "train_loss", "val_loss", "val_folding_pct", "val_dice_noreg"):
+            t.history[k] = [(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, k), key=lambda m: m.step)]
+        out.append(t)
+    return parent.info.run_id, sorted(out, key=lambda t: t.trial_id)
+
+
+def _noreg(trials: list[TrialInfo]) -> float:
+    vals = [v for t in trials for _, v in t.history.get("val_dice_noreg", [])[:1] if math.isfinite(v)]
+    if vals:
+        return float(np.median(vals))
+    # older studies: the first-epoch Dice most trials share (a trial that has not moved
+    # yet scores exactly the no-registration Dice), else the lowest first-epoch Dice
+    firsts = [round(t.history["val_dice"][0][1], 6) for t in trials if t.history.get("val_dice") and t.status not in
+              ("diverged_nan", "diverged_rising", "collapsed") and math.isfinite(t.history["val_dice"][0][1])]
+    if not firsts:
+        return math.nan
+    vals, counts = np.unique(firsts, return_counts=True)
+    return float(vals[np.argmax(counts)]) if counts.max() >= 2 else float(min(firsts))
+
+
+def _distributions(space: SearchSpace):
+    import optuna.distributions as D
+
+    out = {}
+    for p in space.params:
+        if p.type == "categorical":
+            out[p.key] = D.CategoricalDistribution(list(p.choices))
+        elif p.type == "int":
+            out[p.key] = D.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            out[p.key] = D.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return out
+
+
+def importances(space: SearchSpace, trials: list[TrialInfo], value: str) -> dict[str, float]:
+    """Optuna parameter importance of ``value`` ("score" or "diverged") over the trials."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    dists = _distributions(space)
+    study = optuna.create_study(direction="maximize")
+    vals = []
+    for t in trials:
+        if t.cls in ("error", "interrupted", "unfinished"):
+            continue
+        v = float(t.cls in DIVERGED) if value == "diverged" else t.metrics.get("best_score", t.metrics.get("final_score", math.nan))
+        if not math.isfinite(v):
+            v = space.objective.diverged_score
+        params = {k: v_ for k, v_ in t.params.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=v))
+        vals.append(v)
+    if len(vals) < 3 or len(set(vals)) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError):
+        return {}
+
+
+def separators(space: SearchSpace, trials: list[TrialInfo]) -> list[dict]:
+    """Per parameter, the single threshold (or category set) that best separates diverged
+    from non-diverged trials, best first."""
+    rows = []
+    ts = [t for t in trials if t.cls not in ("error", "interrupted", "unfinished")]
+    y = np.array([t.cls in DIVERGED for t in ts])
+    if y.all() or not y.any():
+        return []
+    for p in space.params:
+        have = [(t.params[p.key], yi) for t, yi in zip(ts, y) if p.key in t.params]
+        if len(have) < 2:
+            continue
+        vals = [h[0] for h in have]
+        lab = np.array([h[1] for h in have])
+        if p.type == "categorical":
+            cats = sorted({repr(v) for v in vals})
+            rate = {c: float(np.mean([lab[i] for i, v in enumerate(vals) if repr(v) == c])) for c in cats}
+            bad = [c for c in cats if rate[c] > 0.5]
+            pred = np.array([repr(v) in bad for v in vals])
+            acc = float((pred == lab).mean())
+            rows.append({"param": p.key, "accuracy": acc, "rule": f"{p.key} in {{{', '.join(bad)}}}" if bad else "none",
+                         "detail": ", ".join(f"{c}: {100 * rate[c]:.0f}% diverged" for c in cats)})
+            continue
+        x = np.array(vals, dtype=float)
+        order = np.unique(x)
+        best = (0.0, None, None)
+        for i in range(len(order) - 1):
+            thr = math.sqrt(order[i] * order[i + 1]) if p.log and order[i] > 0 else (order[i] + order[i + 1]) / 2
+            for above in (True, False):
+                pred = x >= thr if above else x < thr
+                acc = float((pred == lab).mean())
+                if acc > best[0]:
+                    best = (acc, thr, above)
+        if best[1] is not None:
+            acc, thr, above = best
+            side = lab == (x >= thr if above else x < thr)
+            rows.append({"param": p.key, "accuracy": acc, "threshold": thr, "diverges_above": above,
+                         "rule": f"{p.key} {'>=' if above else '<'} {thr:.3g}",
+                         "detail": f"{int(side.sum())}/{len(x)} trials on the predicted side"})
+    return sorted(rows, key=lambda r: -r["accuracy"])
+
+
+def safe_ranges(space: SearchSpace, trials: list[TrialInfo]) -> dict[str, Any]:
+    ok = [t for t in trials if t.cls in ("converged", "stopped early", "folding", "no motion (over-regularised or lr too small)")]
+    out: dict[str, Any] = {}
+    for p in space.params:
+        vals = [t.params[p.key] for t in ok if p.key in t.params]
+        if not vals:
+            continue
+        out[p.key] = sorted({repr(v) for v in vals}) if p.type == "categorical" else [min(vals), max(vals)]
+    return out
+
+
+def next_space(space: SearchSpace, trials: list[TrialInfo]) -> dict:
+    """The space narrowed to the region of the better half of the converged trials."""
+    doc = yaml.safe_load(space.text) if space.text else {}
+    doc = dict(doc or {})
+    good = sorted([t for t in trials if t.cls == "converged"], key=lambda t: -t.metrics.get("best_score", -math.inf))
+    if len(good) < 2:
+        good = sorted([t for t in trials if t.cls not in DIVERGED + ("error", "interrupted", "unfinished")],
+                      key=lambda t: -t.metrics.get("best_score", -math.inf))
+    top = good[: max(2, (len(good) + 1) // 2)]
+    params = dict(doc.get("params", {}))
+    for p in space.params:
+        vals = [t.params[p.key] for t in top if p.key in t.params]
+        if not vals:
+            continue
+        spec = dict(params.get(p.key, {}))
+        if p.type == "categorical":
+            keep = [c for c in p.choices if c in vals]
+            spec["choices"] = keep or list(p.choices)
+        else:
+            lo, hi = min(vals), max(vals)
+            if p.log:
+                lo, hi = max(p.low, lo / 2), min(p.high, hi * 2)
+            else:
+                pad = 0.1 * (p.high - p.low)
+                lo, hi = max(p.low, lo - pad), min(p.high, hi + pad)
+            if p.type == "int":
+                lo, hi = int(math.floor(lo)), int(math.ceil(hi))
+            if lo >= hi:
+                lo, hi = p.low, p.high
+            spec["low"], spec["high"] = lo, hi
+        params[p.key] = spec
+    doc["params"] = params
+    doc["name"] = f"{space.name}-next"
+    doc["description"] = f"narrowed by regtune diagnose from study '{space.name}' to its safe, promising region"
+    doc.pop("start", None)
+    if good:
+        doc["start"] = [{k: v for k, v in good[0].params.items()}]
+    return doc
+
+
+def diagnose(tracking_uri: str, name: str, space_text: str | None = None) -> tuple[Diagnosis, Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise RegtuneError(f"no study '{name}' in {tracking_uri} (studies there: {', '.join(n for n in names if n != 'Default') or 'none'})")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`regtune.kind` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise RegtuneError(f"experiment '{name}' holds no regtune study")
+    if space_text is None:
+        local = client.download_artifacts(runs[0].info.run_id, "space.yaml")
+        space_text = Path(local).read_text()
+    space = parse_space(yaml.safe_load(space_text), f"study '{name}' space.yaml", space_text)
+    import dataclasses
+
+    space = dataclasses.replace(space, name=name)  # a study started with --name keeps its own name
+    parent, trials = load_trials(client, space, exp.experiment_id)
+    noreg = _noreg(trials)
+    for t in trials:
+        t.cls = classify(t, noreg, space.objective.folding_limit_pct)
+    d = Diagnosis(space, parent, trials, noreg, {}, {}, [], {}, {})
+    d.importance_objective = importances(space, trials, "score")
+    d.importance_divergence = importances(space, trials, "diverged")
+    d.separators = separators(space, trials)
+    d.safe_ranges = safe_ranges(space, trials)
+    d.next_space = next_space(space, trials)
+    return d, client
