@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
+from .amortise import metadata as amortise_metadata
 from .config import Config
 from .errors import CheckpointError, ConfigError
 from .model import RegNet
+from .model.conditioning import build_model
 
 FORMAT = "regtune-checkpoint-v1"
 
@@ -28,7 +30,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model(self, device: torch.device | str = "cpu") -> RegNet:
-        net = RegNet(self.config.model)
+        net = build_model(self.config)  # with its conditioner when the run amortised loss weights
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
 
@@ -39,7 +41,8 @@ def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "epoch": int(epoch), "metrics": {k: float(v) for k, v in (metrics or {}).items()}, **extra}
+            "epoch": int(epoch), "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            **amortise_metadata(cfg), **extra}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)

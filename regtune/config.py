@@ -262,12 +262,45 @@ class AugConfig:
 
 
 @dataclass(frozen=True)
+class AmortiseConfig:
+    """Loss weights the network is conditioned on (HyperMorph-style amortisation, see
+    :mod:`regtune.amortise`); empty ``ranges`` = an ordinary network.
+
+    ranges: ``KEY=LOW:HIGH[:log]`` per amortised loss weight (``loss.reg_weight``,
+        ``loss.sim_weight``, ``loss.dice_weight``, ``loss.jacobian_weight``,
+        ``loss.ic_weight``); ``regtune train --amortise`` sets it. The config's own value of
+        an amortised weight is not used: each training sample draws its own.
+    method: ``film`` (per-channel scale and shift of every conv block from a small MLP of
+        the weights) or ``hyper`` (a HyperMorph hypernetwork: every conv's weights are
+        W + H(MLP(weights)), per sample).
+    hidden / depth: width and number of hidden layers of the MLP.
+    end_prob: fraction of the draws put exactly on an end of a range (half on each end).
+    """
+
+    ranges: tuple[str, ...] = ()
+    method: str = "film"
+    hidden: int = 64
+    depth: int = 2
+    end_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        from .amortise import METHODS, parse_ranges
+
+        parse_ranges(self.ranges)
+        _check(self.method in METHODS, "amortise.method", f"must be one of {METHODS}, got {self.method!r}")
+        _check(1 <= self.hidden <= 1024, "amortise.hidden", f"must be in [1, 1024], got {self.hidden}")
+        _check(1 <= self.depth <= 8, "amortise.depth", f"must be in [1, 8], got {self.depth}")
+        _check(0 <= self.end_prob < 1, "amortise.end_prob", f"must be in [0, 1), got {self.end_prob}")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     aug: AugConfig = field(default_factory=AugConfig)
+    amortise: AmortiseConfig = field(default_factory=AmortiseConfig)
 
     # ---- conversion -------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -340,7 +373,8 @@ class Config:
         return cfg
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "aug": AugConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "aug": AugConfig,
+            "amortise": AmortiseConfig}
 
 
 def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
@@ -348,6 +382,11 @@ def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
     def bad(expect: str) -> ConfigError:
         return ConfigError(f"{source}: key '{key}' must be {expect}, got {raw!r}")
 
+    if key == "amortise.ranges":  # strings KEY=LOW:HIGH[:log], a list or one comma/space-separated string
+        items = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise bad("a list of KEY=LOW:HIGH[:log] strings")
+        return tuple(x.strip() for x in items)
     if key == "data.root":
         if raw is None or raw == "" or str(raw).lower() in ("none", "synthetic"):
             return None

@@ -21,7 +21,9 @@ from .config import Config
 from .data.dataset import Volumes
 from .data.pairs import PairSampler, Split
 from .losses import TERMS, LossTerms, combine, loss_terms
-from .model import RegNet, downsample_image, warp
+from .amortise import reference_config
+from .model import downsample_image, warp
+from .model.conditioning import LambdaSampler, build_model
 from .schedule import lr_factor, progress
 
 
@@ -58,11 +60,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, vols: Volumes, split: Split, device: torch.device | str = "cpu"):
-        self.cfg = cfg
+        # amortised loss weights: every step draws them per sample (self.lam); a call without
+        # them (validation) uses their reference values, which this cfg holds
+        self.cfg = cfg = reference_config(cfg)
         self.device = torch.device(device)
         t = cfg.train
         self.prep = Prepared(cfg, vols, self.device)
-        self.model = RegNet(cfg.model).to(self.device)
+        self.model = build_model(cfg).to(self.device)
+        self.lam = LambdaSampler(cfg, self.device, seed=t.seed + 2) if cfg.amortise.ranges else None
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
@@ -92,8 +97,11 @@ class Trainer:
 
     # ---- the loss -----------------------------------------------------------------
     def loss(self, f: torch.Tensor, m: torch.Tensor, augment: bool = False,
-             weights: dict[str, torch.Tensor | float] | None = None) -> tuple[LossTerms, torch.Tensor]:
-        """Loss of pairs (fixed index ``f``, moving index ``m``) and the forward field."""
+             weights: dict[str, torch.Tensor | float] | None = None,
+             cond: torch.Tensor | None = None) -> tuple[LossTerms, torch.Tensor]:
+        """Loss of pairs (fixed index ``f``, moving index ``m``) and the forward field.
+        ``cond``: a conditional network's (B, K) loss-weight inputs (``weights`` then holds
+        the same weights for the loss)."""
         cfg, prep = self.cfg, self.prep
         fixed, moving = prep.images[f], prep.images[m]
         fo = mo = mask = None
@@ -107,13 +115,13 @@ class Trainer:
                 moving = moving.contiguous(memory_format=torch.channels_last_3d)
         need_bwd = cfg.train.symmetric or cfg.loss.ic_weight > 0
         if cfg.model.int_steps > 0:
-            fwd, bwd = self.model.fields(moving, fixed, backward=need_bwd)
+            fwd, bwd = self.model.fields(moving, fixed, backward=need_bwd, cond=cond)
         elif need_bwd:  # plain displacement: the backward field is the network's own for the swapped pair
             b = fixed.shape[0]
-            both = self.model(torch.cat([moving, fixed]), torch.cat([fixed, moving]))
+            both = self.model(torch.cat([moving, fixed]), torch.cat([fixed, moving]), cond=cond)
             fwd, bwd = both[:b], both[b:]
         else:
-            fwd, bwd = self.model(moving, fixed), None
+            fwd, bwd = self.model(moving, fixed, cond=cond), None
         terms = self._terms(fixed, moving, fo, mo, mask, fwd, bwd)
         if cfg.train.symmetric:
             back = self._terms(moving, fixed, mo, fo, mask, bwd, fwd)
@@ -136,8 +144,9 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         f, m = self.sampler(t.batch_size)
+        cond, weights = self.lam.draw(t.batch_size) if self.lam is not None else (None, None)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            terms, _ = self.loss(f, m, augment=True)
+            terms, _ = self.loss(f, m, augment=True, weights=weights, cond=cond)
         self.opt.zero_grad(set_to_none=True)
         terms.total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
@@ -158,7 +167,8 @@ class Trainer:
     def state(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "sampler": self.sampler.state(),
                 "augment_rng": self.augment.state() if self.augment is not None else None,
-                "torch_rng": torch.get_rng_state(), "steps": self.steps, "seconds": self.elapsed()}
+                "torch_rng": torch.get_rng_state(), "steps": self.steps, "seconds": self.elapsed(),
+                "lambda_rng": self.lam.state() if self.lam is not None else None}
 
     def load_state(self, st: dict) -> None:
         self.opt.load_state_dict(st["optimizer"])
@@ -166,6 +176,8 @@ class Trainer:
         if self.augment is not None and st.get("augment_rng") is not None:
             self.augment.set_state(st["augment_rng"])
         torch.set_rng_state(st["torch_rng"])
+        if self.lam is not None and st.get("lambda_rng") is not None:
+            self.lam.set_state(st["lambda_rng"])
         self.steps = int(st["steps"])
         self.seconds = float(st.get("seconds", 0.0))
         self._t0 = time.monotonic()

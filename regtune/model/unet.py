@@ -73,27 +73,28 @@ class RegNet(nn.Module):
         self.flow = nn.Conv3d(c, 3, 3, padding=1)
         nn.init.normal_(self.flow.weight, 0.0, 1e-5)
         nn.init.zeros_(self.flow.bias)
+        self.conditioner = None  # loss-weight conditioning, set by regtune.model.conditioning.build_model
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        return self.fields(moving, fixed, backward=False)[0]
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fields(moving, fixed, backward=False, cond=cond)[0]
 
-    def velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    def velocity(self, moving: torch.Tensor, fixed: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The head's output in voxel units (B, 3, X, Y, Z), float32: a velocity when
         ``int_steps > 0``, else the displacement itself."""
         if moving.ndim != 5 or moving.shape[1] != 1 or moving.shape != fixed.shape:
             raise ValueError(f"RegNet expects moving and fixed of shape (B, 1, X, Y, Z), got {tuple(moving.shape)} and {tuple(fixed.shape)}")
         if not self.cfg.symmetric:
-            return self._unet(torch.cat([moving, fixed], dim=1))
+            return self._unet(torch.cat([moving, fixed], dim=1), cond)
         b = moving.shape[0]
-        g = self._unet(torch.cat([torch.cat([moving, fixed], dim=1), torch.cat([fixed, moving], dim=1)], dim=0))
+        g = self._unet(torch.cat([torch.cat([moving, fixed], dim=1), torch.cat([fixed, moving], dim=1)], dim=0), cond)
         return 0.5 * (g[:b] - g[b:])
 
-    def fields(self, moving: torch.Tensor, fixed: torch.Tensor, backward: bool = True
+    def fields(self, moving: torch.Tensor, fixed: torch.Tensor, backward: bool = True, cond: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(forward, backward) voxel displacements on the input grid: forward warps
         moving onto fixed; backward (the inverse transform exp(-v), fixed onto moving) is
         None for a plain-displacement model or when not asked for."""
-        v = self.velocity(moving, fixed)
+        v = self.velocity(moving, fixed, cond)
         if self.cfg.int_steps == 0:
             return v, None
         size = tuple(v.shape[2:])
@@ -108,7 +109,10 @@ class RegNet(nn.Module):
             bwd = upsample_field(bwd, k, size) if bwd is not None else None
         return fwd, bwd
 
-    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        # a conditional network runs every block through its conditioner (cond: (B, K) loss-weight
+        # positions; None = the conditioner's set values); an ordinary one (conditioner None) runs them as they are
+        mod = self.conditioner(cond, x.shape[0]) if self.conditioner is not None else None
         size = x.shape[2:]
         m = 2 ** len(self.cfg.enc)
         pad = [(-s) % m for s in size]
@@ -116,16 +120,16 @@ class RegNet(nn.Module):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
         skips = []
         for blk in self.enc:
-            x = blk(x)
+            x = blk(x) if mod is None else mod(blk, x)
             skips.append(x)
             x = F.max_pool3d(x, 2)
         for blk in self.dec:
-            x = blk(x)
+            x = blk(x) if mod is None else mod(blk, x)
             x = upsample2(x)
             x = torch.cat([x, skips.pop()], dim=1)
         for blk in self.extra:
-            x = blk(x)
-        flow = self.flow(x)
+            x = blk(x) if mod is None else mod(blk, x)
+        flow = self.flow(x) if mod is None else mod(self.flow, x)
         if any(pad):
             flow = flow[:, :, : size[0], : size[1], : size[2]]
         return flow.float()

@@ -1,0 +1,211 @@
+"""Conditioning the registration network on loss weights (amortised training).
+
+Two ways, chosen by ``amortise.method``; both take the weights' positions ``u`` in their
+ranges ((B, K), in [0, 1], log-scaled where the range is ``:log``) and start out as the
+plain network (their last layer is zero), so training begins where an ordinary run does:
+
+- ``film``: a small MLP maps ``u`` to a per-channel scale and shift of every conv block
+  of the U-Net, ``act((1 + gamma) * conv(x) + beta)`` (FiLM, Perez et al. 2018). Cheap:
+  one MLP per batch and one multiply-add per block.
+- ``hyper``: a HyperMorph hypernetwork (Hoopes et al. 2021): an MLP maps ``u`` to every
+  conv's weights and bias, ``W(u) = W + H_l(MLP(u))``, one set per sample (the batch runs
+  as a grouped convolution).
+
+:class:`LambdaSampler` draws the per-sample weights during training (its generator is
+part of the trainer's exact-resume state). :func:`build_model` makes the network of a
+config; :meth:`Conditioner.set_values` fixes the weights an un-conditioned call uses
+(the reference values until set), so evaluation, figures and registration run a
+conditional network at one chosen weight through the ordinary code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..amortise import WeightRange, ranges_of
+from .unet import ConvBlock, RegNet
+
+
+def _mlp(n_in: int, hidden: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    c = n_in
+    for _ in range(depth):
+        layers += [nn.Linear(c, hidden), nn.ReLU(inplace=True)]
+        c = hidden
+    return nn.Sequential(*layers)
+
+
+def _head(hidden: int, n_out: int) -> nn.Linear:
+    """The last layer, zero: the conditional network starts as the plain one."""
+    h = nn.Linear(hidden, n_out)
+    nn.init.zeros_(h.weight)
+    nn.init.zeros_(h.bias)
+    return h
+
+
+def _convs(net: RegNet) -> list[nn.Conv3d]:
+    """The network's convolutions in the order ``RegNet._unet`` runs them (head last)."""
+    return [b.conv for b in (*net.enc, *net.dec, *net.extra)] + [net.flow]
+
+
+class Conditioner(nn.Module):
+    """Base: holds the ranges and the weights an un-conditioned call uses."""
+
+    out_scale = 1.0
+
+    def __init__(self, ranges: tuple[WeightRange, ...]):
+        super().__init__()
+        self.ranges = ranges
+        # not persistent: a loaded network starts at its reference values
+        self.register_buffer("default_u", torch.full((len(ranges),), 0.5), persistent=False)
+
+    def unit(self, values: Mapping[str, float], n: int = 1, device=None) -> torch.Tensor:
+        """(n, K) network inputs for ``{key: value}`` (missing keys: the reference value)."""
+        u = [r.to_unit(float(values[r.key])) if r.key in values else 0.5 for r in self.ranges]
+        return torch.tensor(u, dtype=torch.float32, device=device or self.default_u.device).expand(n, -1)
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        """The loss weights used when the network is called without ``cond``."""
+        self.default_u.copy_(self.unit(values, 1)[0])
+
+    def values(self) -> dict[str, float]:
+        return {r.key: r.from_unit(float(u)) for r, u in zip(self.ranges, self.default_u.tolist())}
+
+    def _inputs(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        u = self.default_u.expand(batch, -1) if cond is None else cond
+        if u.shape[0] != batch:  # a batch holding several passes of the same samples (both orders, both directions)
+            if batch % u.shape[0]:
+                raise ValueError(f"conditioning for {u.shape[0]} samples cannot cover a batch of {batch}")
+            u = u.repeat(batch // u.shape[0], 1)
+        return u.float()
+
+
+class FiLM(Conditioner):
+    def __init__(self, net: RegNet, ranges: tuple[WeightRange, ...], hidden: int = 64, depth: int = 2):
+        super().__init__(ranges)
+        self.widths = [c.out_channels for c in _convs(net)[:-1]]
+        self.trunk = _mlp(len(ranges), hidden, depth)
+        self.head = _head(hidden, 2 * sum(self.widths))
+
+    def forward(self, cond: torch.Tensor | None, batch: int) -> "_FiLMApply":
+        p = self.head(self.trunk(self._inputs(cond, batch))) * self.out_scale
+        return _FiLMApply(p, self.widths)
+
+
+class _FiLMApply:
+    """Called per block in network order: modulates every ConvBlock, leaves the head."""
+
+    def __init__(self, p: torch.Tensor, widths: list[int]):
+        b = p.shape[0]
+        chunks = p.split([w for w in widths for _ in (0, 1)], dim=1)
+        self.mods = [(chunks[2 * i].view(b, -1, 1, 1, 1), chunks[2 * i + 1].view(b, -1, 1, 1, 1)) for i in range(len(widths))]
+        self.i = 0
+
+    def __call__(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(blk, ConvBlock):
+            return blk(x)
+        gamma, beta = self.mods[self.i]
+        self.i += 1
+        h = blk.conv(x)
+        return blk.act(torch.addcmul(beta, h, gamma + 1.0))
+
+
+class HyperNet(Conditioner):
+    def __init__(self, net: RegNet, ranges: tuple[WeightRange, ...], hidden: int = 64, depth: int = 2):
+        super().__init__(ranges)
+        # Adam moves each of a head's ``hidden`` input weights by ~lr per step, all the same way
+        # for one output (the ReLU features are >= 0): scaled by 1/hidden, a generated conv
+        # weight moves at about the pace of the conv's own (unscaled, training collapses at
+        # lr 3e-3). A FiLM scale is relative (1 + gamma) and keeps its unscaled pace.
+        self.out_scale = 1.0 / hidden
+        convs = _convs(net)
+        self.sizes = [(c.weight.numel(), c.bias.numel()) for c in convs]
+        self.trunk = _mlp(len(ranges), hidden, depth)
+        self.heads = nn.ModuleList(_head(hidden, nw + nb) for nw, nb in self.sizes)
+
+    def forward(self, cond: torch.Tensor | None, batch: int) -> "_HyperApply":
+        z = self.trunk(self._inputs(cond, batch))
+        return _HyperApply([h(z) * self.out_scale for h in self.heads], self.sizes)
+
+
+class _HyperApply:
+    """Called per block in network order: each conv runs with its per-sample weights."""
+
+    def __init__(self, deltas: list[torch.Tensor], sizes: list[tuple[int, int]]):
+        self.deltas, self.sizes, self.i = deltas, sizes, 0
+
+    def __call__(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        conv = blk.conv if isinstance(blk, ConvBlock) else blk
+        d, (nw, _) = self.deltas[self.i], self.sizes[self.i]
+        self.i += 1
+        b, cin = x.shape[:2]
+        w = conv.weight.unsqueeze(0) + d[:, :nw].view(b, *conv.weight.shape)
+        bias = conv.bias.unsqueeze(0) + d[:, nw:]
+        y = F.conv3d(x.reshape(1, b * cin, *x.shape[2:]), w.reshape(-1, *conv.weight.shape[1:]), bias.reshape(-1),
+                     padding=conv.padding, groups=b)
+        y = y.view(b, -1, *y.shape[2:])
+        return blk.act(y) if isinstance(blk, ConvBlock) else y
+
+
+def build_model(cfg) -> RegNet:
+    """The network of a :class:`~regtune.config.Config`: a plain :class:`RegNet`, or with
+    ``amortise.ranges`` one whose ``conditioner`` takes the loss weights."""
+    net = RegNet(cfg.model)
+    rs = ranges_of(cfg)
+    if rs:
+        a = cfg.amortise
+        net.conditioner = (FiLM if a.method == "film" else HyperNet)(net, rs, a.hidden, a.depth)
+    return net
+
+
+def is_conditional(model) -> bool:
+    return getattr(model, "conditioner", None) is not None
+
+
+class LambdaSampler:
+    """Per-sample loss weights for training: ``draw(n)`` -> (u (n, K), {term: (n,) weights}).
+
+    Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
+    draws sit exactly on an end (half on each), as HyperMorph oversamples 0 and 1.
+    """
+
+    def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0):
+        self.ranges = ranges_of(cfg)
+        self.end_prob = cfg.amortise.end_prob
+        self.device = torch.device(device)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(int(seed))
+        if not self.ranges:
+            raise ValueError("LambdaSampler needs amortise.ranges")
+        t = lambda vals: torch.tensor(vals, device=self.device, dtype=torch.float32)  # noqa: E731
+        self._log = torch.tensor([r.log for r in self.ranges], device=self.device)
+        self._lo, self._hi = t([r.low for r in self.ranges]), t([r.high for r in self.ranges])
+        # log ends of the :log ranges (0 for linear ones, whose log value torch.where never picks)
+        self._llo = t([math.log(r.low) if r.log else 0.0 for r in self.ranges])
+        self._lhi = t([math.log(r.high) if r.log else 0.0 for r in self.ranges])
+
+    def weights(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{term: (n,) loss weight} for network inputs ``u`` (n, K)."""
+        lin = self._lo + u * (self._hi - self._lo)
+        log = torch.exp(self._llo + u * (self._lhi - self._llo))
+        v = torch.where(self._log, log, lin)
+        return {r.term: v[:, i] for i, r in enumerate(self.ranges)}
+
+    def draw(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        k = len(self.ranges)
+        u = torch.rand(n, k, generator=self.gen, device=self.device)
+        if self.end_prob > 0:
+            r = torch.rand(n, k, generator=self.gen, device=self.device)
+            u = torch.where(r < self.end_prob / 2, torch.zeros_like(u), torch.where(r < self.end_prob, torch.ones_like(u), u))
+        return u, self.weights(u)
+
+    def state(self) -> torch.Tensor:
+        return self.gen.get_state()
+
+    def set_state(self, st: torch.Tensor) -> None:
+        self.gen.set_state(st)

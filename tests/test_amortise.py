@@ -1,0 +1,164 @@
+"""Amortised loss weights: one network conditioned on the weights, used and searched at
+any weight of its range (tiny synthetic data, 16^3 training grid)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from regtune import amortise
+from regtune.checkpoint import load_checkpoint
+from regtune.config import Config
+from regtune.data import load_folder
+from regtune.data.pairs import Split
+from regtune.errors import ConfigError
+from regtune.losses import diffusion
+from regtune.metrics import jacobian_stats
+from regtune.model.conditioning import FiLM, HyperNet, LambdaSampler, build_model, is_conditional
+from regtune.model.transform import downsample_image
+from regtune.train import train
+
+TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2,
+        "data.test_subjects": 2, "data.downsample": 2, "train.batch_size": 4, "loss.dice_weight": 0.0,
+        "train.lr": 3e-3, "loss.ncc_window": 5, "model.int_steps": 0}
+RANGE = "loss.reg_weight=0.1:100:log"
+
+
+def tiny(**kw) -> Config:
+    return Config().with_values({**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def vols(synth_dir):
+    return load_folder(synth_dir, Config().data)
+
+
+@pytest.fixture(scope="module")
+def film_run(vols, tmp_path_factory):
+    """A FiLM-conditioned network trained briefly over reg_weight in [0.1, 100]."""
+    out = tmp_path_factory.mktemp("film")
+    cfg = tiny(**{"amortise.ranges": [RANGE], "train.epochs": 1, "train.steps_per_epoch": 60})
+    res = train(cfg, vols, out, progress=False, split=Split(train=(0, 1, 2, 3), val=(4, 5), test=(6, 7)))
+    assert res.status == "completed"
+    return out
+
+
+# ---- the spec -------------------------------------------------------------------------
+def test_ranges_parse_and_bad_specs_name_the_key():
+    r = amortise.WeightRange.parse("loss.reg_weight=0.01:10:log")
+    assert (r.key, r.low, r.high, r.log, r.term) == ("loss.reg_weight", 0.01, 10.0, True, "reg")
+    assert r.reference == pytest.approx(math.sqrt(0.1)) and r.from_unit(r.to_unit(0.5)) == pytest.approx(0.5)
+    assert r.grid(3) == pytest.approx([0.01, math.sqrt(0.1), 10.0]) and r.grid(2)[-1] <= 10.0
+    lin = amortise.WeightRange.parse("loss.dice_weight=0:2")
+    assert lin.reference == 1.0 and not lin.log
+    cfg = Config.load(None, ["amortise.ranges=[loss.reg_weight=0.01:10:log, loss.sim_weight=0.5:1]"])
+    assert [x.key for x in amortise.ranges_of(cfg)] == ["loss.reg_weight", "loss.sim_weight"]
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    for bad, frag in (("train.lr=0.1:1", "cannot be amortised"), ("loss.reg_weight=1:0.1", "LOW < HIGH"),
+                      ("loss.reg_weight=0:1:log", "LOW > 0"), ("loss.reg_weight=a:b", "must be numbers"),
+                      ("loss.reg_weight", "KEY=LOW:HIGH"), ("loss.reg_weight=0.1:1:lg", "KEY=LOW:HIGH")):
+        with pytest.raises(ConfigError, match="amortise.ranges") as e:
+            Config().with_values({"amortise.ranges": [bad]})
+        assert frag in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="listed twice"):
+        Config().with_values({"amortise.ranges": ["loss.reg_weight=0.1:1", "loss.reg_weight=1:2"]})
+    with pytest.raises(ConfigError, match="amortise.method"):
+        Config().with_values({"amortise.method": "concat"})
+
+
+def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_oversampled():
+    cfg = Config().with_values({"amortise.ranges": ["loss.reg_weight=0.01:100:log", "loss.dice_weight=0:2"],
+                                "amortise.end_prob": 0.2})
+    s = LambdaSampler(cfg, seed=3)
+    u, w = s.draw(20000)
+    reg, dice = w["reg"], w["dice"]
+    assert u.shape == (20000, 2) and set(w) == {"reg", "dice"}
+    assert float(reg.min()) >= 0.01 - 1e-6 and float(reg.max()) <= 100 * (1 + 1e-5)
+    at_ends = (u == 0) | (u == 1)
+    assert at_ends[:, 0].float().mean().item() == pytest.approx(0.2, abs=0.015)
+    assert (u[:, 0] == 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    inner = reg[~at_ends[:, 0]]
+    assert float(inner.median()) == pytest.approx(1.0, rel=0.1)  # log-uniform: the median is the geometric middle
+    assert float((inner < 0.1).float().mean()) == pytest.approx(0.25, abs=0.02)
+    assert float(dice[~at_ends[:, 1]].mean()) == pytest.approx(1.0, abs=0.03)  # linear range: uniform
+    assert not torch.equal(s.draw(4)[0], s.draw(4)[0])  # per sample, per step
+
+
+def test_ordinary_network_has_no_conditioner_and_the_same_weights(vols):
+    torch.manual_seed(0)
+    plain = build_model(tiny())
+    torch.manual_seed(0)
+    cond = build_model(tiny(**{"amortise.ranges": [RANGE]}))
+    assert not is_conditional(plain) and isinstance(cond.conditioner, FiLM)
+    sd = cond.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in plain.state_dict().items())  # same U-Net init
+    # the conditioner starts as the identity modulation: the conditional network starts as the plain one
+    m, f = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16)
+    assert torch.allclose(plain(m, f), cond(m, f, cond=torch.rand(2, 1)), atol=1e-7)
+
+
+# ---- the weight changes the output ----------------------------------------------------
+def test_higher_reg_weight_gives_a_smoother_field(film_run, vols):
+    net = load_checkpoint(film_run / "best.pt").model()
+    f, m = vols.images[4:5], vols.images[5:6]
+    fs, ms = downsample_image(f, 2), downsample_image(m, 2)
+    energy, sdlogj = {}, {}
+    with torch.no_grad():
+        for lam in (0.1, 100.0):
+            disp = net(ms, fs, cond=net.conditioner.unit({"loss.reg_weight": lam}))
+            energy[lam] = float(diffusion(disp))
+            net.conditioner.set_values({"loss.reg_weight": lam})  # the un-conditioned call path gives the same field
+            assert torch.allclose(net(ms, fs), disp)
+            sdlogj[lam] = jacobian_stats(disp[0].numpy())[0]
+    assert energy[100.0] < 0.5 * energy[0.1], energy
+    assert sdlogj[100.0] < sdlogj[0.1], sdlogj
+
+
+def test_checkpoint_round_trip_keeps_the_conditioning(film_run, vols):
+    blob = torch.load(film_run / "best.pt", weights_only=True)  # plain data only
+    meta = blob["amortised"]
+    assert meta["keys"] == ["loss.reg_weight"] and meta["ranges"] == [[0.1, 100.0]] and meta["log"] == [True]
+    assert meta["method"] == "film" and meta["reference"][0] == pytest.approx(math.sqrt(10))
+    ck = load_checkpoint(film_run / "best.pt")
+    assert ck.extra["amortised"] == meta and ck.config.amortise.ranges == (RANGE,)
+    a, b = ck.model(), load_checkpoint(film_run / "last.pt").model()
+    assert a.conditioner.values()["loss.reg_weight"] == pytest.approx(math.sqrt(10))  # loads at its reference
+    m, f = downsample_image(vols.images[5:6], 2), downsample_image(vols.images[4:5], 2)
+    u = a.conditioner.unit({"loss.reg_weight": 3.0})
+    with torch.no_grad():
+        assert torch.equal(a(m, f, cond=u), b(m, f, cond=u))
+
+
+def test_hypernetwork_trains_round_trips_and_resumes_exactly(vols, tmp_path):
+    cfg = tiny(**{"amortise.ranges": [RANGE], "amortise.method": "hyper", "train.epochs": 2, "train.steps_per_epoch": 3})
+    split = Split(train=(0, 1, 2, 3), val=(4, 5))
+    straight = train(cfg, vols, tmp_path / "a", progress=False, split=split)
+    assert straight.status == "completed"
+    from regtune.train import StopTraining
+
+    def stop(e):
+        if e.epoch == 1:
+            raise StopTraining("interrupted")
+
+    train(cfg, vols, tmp_path / "b", progress=False, split=split, on_epoch=stop)
+    train(cfg, vols, tmp_path / "b", progress=False, split=split, resume=tmp_path / "b" / "last.pt")
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert isinstance(a.model().conditioner, HyperNet)
+    assert all(torch.equal(v, b.state_dict[k]) for k, v in a.state_dict.items())  # the per-sample draws resumed too
+
+
+# ---- choosing a weight at inference ----------------------------------------------------
+def test_choose_refuses_out_of_range_other_keys_and_baked_in_weights():
+    cond = tiny(**{"amortise.ranges": [RANGE]})
+    assert amortise.choose(cond, {}) == {"loss.reg_weight": pytest.approx(math.sqrt(10))}
+    assert amortise.choose(cond, {"loss.reg_weight": 100}) == {"loss.reg_weight": 100.0}
+    for values, frag in (({"loss.reg_weight": 1000}, "outside the range the network was trained over [0.1, 100]"),
+                         ({"loss.reg_weight": "x"}, "must be a number"),
+                         ({"loss.sim_weight": 1}, "amortised over loss.reg_weight only")):
+        with pytest.raises(ConfigError) as e:
+            amortise.choose(cond, values)
+        assert frag in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="ordinary .* baked into its weights .*loss.reg_weight=1.0.*--amortise"):
+        amortise.choose(tiny(), {"loss.reg_weight": 0.3})
