@@ -136,6 +136,10 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     test = [] if args.no_test else [(vols.index(f), vols.index(m)) for f, m in ck.extra.get("test_pairs") or []]
     device = pick_device(args.device)
     model = ck.model(device)
+    if cfg.train.channels_last:  # as it trained: the fast CPU layout
+        import torch
+
+        model = model.to(memory_format=torch.channels_last_3d)
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     print(f"regtune search-weights: {settings.n} settings of {', '.join(ck.extra['amortised']['specs'])} on "
           f"{min(settings.pairs or len(val), len(val))} of {len(val)} validation pairs; constraints {settings.describe()}",
