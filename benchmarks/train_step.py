@@ -23,8 +23,9 @@ best batch (2, 4, 8 in ``channels_last_3d``: an implementation leaves the search
 time per pair improves by less than 5 %). Within one measurement the implementations are
 interleaved step by step (a drifting background load hits all alike); warm-up steps
 excluded, medians over repeats. regtune also gets a ``torch.compile`` row at its best batch. On CUDA the variants add bf16 autocast and (regtune) ``torch.compile``; the
-regtune rows use :class:`ResidentTrainer`: the dataset normalised and held on the GPU,
-pairs drawn on the device, no host sync per step.
+regtune rows time the product's own step (:class:`regtune.trainer.Trainer`, what
+``regtune train`` and study trials run): the dataset held on the device, pairs drawn
+there, no host sync per step.
 """
 
 from __future__ import annotations
@@ -51,78 +52,40 @@ ALL_VS_ALL_PAIRS_NOTE = "all-vs-all epoch = n_train x (n_train - 1) pairs x best
 
 
 # --------------------------------------------------------------------------------------
-# The regtune training path, device-resident (the GPU recipe; also correct on CPU)
+# The regtune training path: the product's own step (regtune.trainer.Trainer)
 # --------------------------------------------------------------------------------------
 
-def normalise_on_device(raw: torch.Tensor, clip_low: float = 1.0, clip_high: float = 99.0) -> torch.Tensor:
-    """Per-image percentile clip + rescale to [0, 1] on ``raw``'s device: (N, 1, X, Y, Z)
-    float -> same shape, equal to :func:`regtune.data.normalise_intensity` (numpy's
-    linear-interpolation percentiles)."""
-    flat = raw.reshape(raw.shape[0], -1).float()
-    q = torch.quantile(flat, torch.tensor([clip_low / 100.0, clip_high / 100.0], device=raw.device, dtype=flat.dtype), dim=1)
-    lo, hi = q[0].view(-1, 1), q[1].view(-1, 1)
-    flat_hi = torch.where(hi > lo, hi, flat.amax(1, keepdim=True))
-    flat_lo = torch.where(hi > lo, lo, flat.amin(1, keepdim=True))
-    out = (flat.clamp(min=flat_lo, max=flat_hi) - flat_lo) / (flat_hi - flat_lo).clamp_min(1e-12)
-    return out.view_as(raw)
+def recipe(dec: tuple[int, ...] = ARCHS["vxm-default arch"], batch: int = 1, channels_last: bool = True, amp: bool = False,
+           compile: bool = False, seed: int = 0, int_steps: int = INT_STEPS, enc: tuple[int, ...] = ENC):
+    """The benchmark's recipe as a regtune config: MSE + 0.01 x diffusion, Adam 1e-4, full
+    resolution (no downsampling), no Dice term, no augmentation."""
+    from regtune.config import Config
+    return Config().with_values({
+        "model.enc": list(enc), "model.dec": list(dec), "model.int_steps": int_steps, "data.downsample": 1,
+        "loss.similarity": "mse", "loss.reg_weight": REG_WEIGHT, "loss.dice_weight": 0.0, "train.lr": LR,
+        "train.batch_size": batch, "train.channels_last": channels_last, "train.amp": amp, "train.compile": compile,
+        "train.seed": seed, "train.grad_clip": 0.0})
 
 
-class ResidentTrainer:
-    """regtune's training step with everything on one device.
+class RegtuneStep:
+    """The product's training step (:class:`regtune.trainer.Trainer`, the loop ``regtune
+    train`` and study trials run) on the benchmark volumes: data resident on the device,
+    pairs drawn there, no host sync per step (the loss sums stay on the device)."""
 
-    images: (N, 1, X, Y, Z) raw or normalised volumes, uploaded once (``normalise=True``
-    normalises them there). Each :meth:`step` draws a batch of (fixed, moving) pairs of
-    distinct subjects with a device-side generator, runs forward/backward/Adam under
-    optional bf16 autocast, accumulates the loss on the device and never synchronises
-    with the host (read :attr:`loss_sum` when you need it).
-    """
+    note = "regtune.trainer.Trainer.step (the product's loop): device-resident data and sampling, no per-step sync"
 
-    def __init__(self, images: torch.Tensor, dec: tuple[int, ...] = ARCHS["vxm-default arch"], device: str = "cpu",
-                 batch: int = 1, channels_last: bool = True, amp: bool = False, compile: bool = False,
-                 normalise: bool = False, seed: int = 0, int_steps: int = INT_STEPS, enc: tuple[int, ...] = ENC):
-        from regtune.config import ModelConfig
-        from regtune.model import RegNet
-        self.device = torch.device(device)
-        imgs = images.to(self.device, non_blocking=True).float()
-        if normalise:
-            imgs = normalise_on_device(imgs)
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.images = imgs.contiguous(memory_format=self.memory_format)
-        self.n = imgs.shape[0]
-        if self.n < 2:
-            raise ValueError("ResidentTrainer needs at least 2 volumes")
-        self.batch = batch
-        self.amp = amp
-        self.model = RegNet(ModelConfig(enc=enc, dec=dec, int_steps=int_steps)).to(self.device, memory_format=self.memory_format)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.steps = 0
-        self._loss = torch.compile(self._loss_fn) if compile else self._loss_fn
+    def __init__(self, vols, device: str = "cpu", **kw):
+        from regtune.data.pairs import Split
+        from regtune.trainer import Trainer
+        self.trainer = Trainer(recipe(**kw), vols, Split(train=tuple(range(len(vols))), val=()), device)
+        self.model = self.trainer.model
 
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.randint(self.n, (self.batch,), device=self.device, generator=self.gen)
-        m = (f + torch.randint(1, self.n, (self.batch,), device=self.device, generator=self.gen)) % self.n
-        return f, m
+    def step(self):
+        return self.trainer.step().terms.total
 
-    def _loss_fn(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        from regtune.losses import diffusion, mse
-        from regtune.model import warp
-        disp = self.model(moving, fixed)
-        warped = warp(moving, disp)
-        return mse(fixed, warped.float()) + REG_WEIGHT * diffusion(disp)
-
-    def step(self) -> torch.Tensor:
-        f, m = self.sample()
-        fixed, moving = self.images[f], self.images[m]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = self._loss(fixed, moving)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.loss_sum += loss.detach().float()
-        self.steps += 1
-        return loss
+    @property
+    def loss_sum(self):
+        return self.trainer.sums[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -171,7 +134,8 @@ PEER_BUILDERS = {"voxelmorph": voxelmorph_step, "monai": monai_step}
 
 
 class PeerTrainer:
-    """A peer's model + loss in the same loop as :class:`ResidentTrainer` (same pairs)."""
+    """A peer's model + loss in a loop like the product's: device-resident images, pairs
+    of distinct subjects drawn on the device, no per-step host sync."""
 
     def __init__(self, peer: str, group: str, images: torch.Tensor, device: str, batch: int, channels_last: bool,
                  amp: bool, seed: int = 0):
@@ -188,7 +152,10 @@ class PeerTrainer:
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.loss_sum = torch.zeros((), device=self.device)
 
-    sample = ResidentTrainer.sample
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.randint(self.n, (self.batch,), device=self.device, generator=self.gen)
+        m = (f + torch.randint(1, self.n, (self.batch,), device=self.device, generator=self.gen)) % self.n
+        return f, m
 
     def step(self) -> torch.Tensor:
         f, m = self.sample()
@@ -205,11 +172,12 @@ class PeerTrainer:
 # The section
 # --------------------------------------------------------------------------------------
 
-def _make(impl: str, group: str, images: torch.Tensor, ctx: Context, batch: int, channels_last: bool, amp: bool,
+def _make(impl: str, group: str, vols, ctx: Context, batch: int, channels_last: bool, amp: bool,
           compile: bool = False):
     if impl == REGTUNE:
-        return ResidentTrainer(images, ARCHS[group], ctx.device, batch, channels_last, amp, compile, seed=ctx.seed)
-    return PeerTrainer(impl, group, images, ctx.device, batch, channels_last, amp, seed=ctx.seed)
+        return RegtuneStep(vols, ctx.device, dec=ARCHS[group], batch=batch, channels_last=channels_last, amp=amp,
+                           compile=compile, seed=ctx.seed)
+    return PeerTrainer(impl, group, vols.images, ctx.device, batch, channels_last, amp, seed=ctx.seed)
 
 
 def _interleaved(trainers: dict, ctx: Context, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
@@ -279,7 +247,7 @@ def run(ctx: Context) -> list[Row]:
         for impl in list(impls):
             for cl in (False, True):
                 try:
-                    trainers[(impl, cl)] = _make(impl, group, images, ctx, 1, cl, amp)
+                    trainers[(impl, cl)] = _make(impl, group, vols, ctx, 1, cl, amp)
                     notes[impl] = getattr(trainers[(impl, cl)], "note", "")
                 except Exception as e:  # a peer failing must not hide the other rows
                     rows.append(Row("train", g1, impl, "s/pair", None, unit="s", status="error", note=f"{type(e).__name__}: {e}"[:200]))
@@ -300,7 +268,7 @@ def run(ctx: Context) -> list[Row]:
             if not searching:
                 break
             ctx.log(f"[train] {group}: batch {b}: {', '.join(searching)}")
-            trainers = {impl: _make(impl, group, images, ctx, b, True, amp) for impl in searching}
+            trainers = {impl: _make(impl, group, vols, ctx, b, True, amp) for impl in searching}
             res = _interleaved(trainers, ctx, max(3, repeats - 2) if not ctx.quick else 1, 1)
             del trainers
             for impl, t in res.items():
@@ -315,7 +283,7 @@ def run(ctx: Context) -> list[Row]:
         if ctx.compile:
             s_pair, b, cl, _ = best[REGTUNE]
             ctx.log(f"[train] {group}: regtune batch {b} torch.compile")
-            tr = _make(REGTUNE, group, images, ctx, b, cl, amp, compile=True)
+            tr = _make(REGTUNE, group, vols, ctx, b, cl, amp, compile=True)
             tc = _interleaved({"c": tr}, ctx, repeats, warmup + 1)["c"]  # the first step compiles (excluded)
             del tr
             rows.append(_row(gb, REGTUNE, _fmt_name(cl, amp) + f", batch {b}, torch.compile", b, tc,

@@ -107,15 +107,9 @@ def _load_eval_volumes(args: argparse.Namespace, cfg):
 
 
 def _pairs(args: argparse.Namespace, ck, vols):
-    from .data.pairs import read_pairs_csv
-    from .errors import DataError
+    from .evaluate import checkpoint_pairs
 
-    if args.pairs:
-        return read_pairs_csv(args.pairs, vols)
-    names = ck.extra.get("val_pairs")
-    if not names:
-        raise DataError(f"{args.checkpoint}: holds no validation pair list; pass --pairs CSV (header fixed,moving)")
-    return [(vols.index(f), vols.index(m)) for f, m in names]
+    return checkpoint_pairs(ck.extra, vols, args.pairs)
 
 
 def cmd_evaluate_top(args: argparse.Namespace) -> int:
@@ -152,10 +146,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config
     vols = _load_eval_volumes(args, cfg)
-    pairs = _pairs(args, ck, vols)
+    pairs, what = _pairs(args, ck, vols)
     device = pick_device(args.device)
     model = ck.model(device)
-    rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, progress=not args.quiet)
+    rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, progress=not args.quiet,
+                          channels_last=device.type == "cpu", with_consistency=True)
     base_rows = evaluate_pairs(None, vols, pairs)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
@@ -167,14 +162,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             w.writerow({**r, "noreg_dice": b["dice"], "noreg_hd95": b["hd95"]})
     s, b = summarise(rows), summarise(base_rows)
     import json
-    (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs),
+    (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs), "pairs_are": what,
+                                                  "epoch": ck.epoch, "steps": ck.extra.get("steps"),
                                                   "registered": s, "no_registration": b}, indent=1))
-    print(f"{len(pairs)} pairs  ({out / 'pairs.csv'})")
-    print(f"{'':18s} {'Dice':>7s} {'±':>6s} {'HD95':>7s} {'SDlogJ':>7s} {'fold %':>7s} {'black':>6s}")
+    print(f"{len(pairs)} pairs: {what}  ({out / 'pairs.csv'})")
+    print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else ""))
+    print(f"{'':16s} {'Dice':>6s} {'±':>6s} {'Dice30':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'L2R-SD':>6s} {'fold %':>7s} "
+          f"{'IC err':>6s} {'self':>6s} {'black':>5s}")
     for name, x in (("no registration", b), ("regtune", s)):
         black = "yes" if x["warped_intensity"] < 0.5 * x["moving_intensity"] else "no"
-        print(f"{name:18s} {_fmt(x['dice']):>7s} {_fmt(x['dice_std']):>6s} {_fmt(x['hd95'], 2):>7s} "
-              f"{_fmt(x['sdlogj']):>7s} {_fmt(x['folding_pct'], 3):>7s} {black:>6s}")
+        print(f"{name:16s} {_fmt(x['dice']):>6s} {_fmt(x['dice_std']):>6s} {_fmt(x['dice30']):>6s} {_fmt(x['hd95'], 2):>6s} "
+              f"{_fmt(x['sdlogj']):>6s} {_fmt(x['sdlogj_l2r']):>6s} {_fmt(x['folding_pct'], 3):>7s} "
+              f"{_fmt(x.get('ic_error', 0.0), 2):>6s} {_fmt(x.get('self_disp', 0.0), 2):>6s} {black:>5s}")
+    print("SDlogJ = std(log det J); L2R-SD = the organisers' std(log(det J + 3)); IC err = mean |u_fm + u_mf o (id + u_fm)| "
+          "(voxels, the pair registered both ways); self = mean |u| on the labels when an image is registered to itself")
     for lab in vols.label_values:
         print(f"  label {lab}: Dice {_fmt(b[f'dice_{lab}'])} -> {_fmt(s[f'dice_{lab}'])}, "
               f"HD95 {_fmt(b[f'hd95_{lab}'], 2)} -> {_fmt(s[f'hd95_{lab}'], 2)}")
@@ -205,16 +206,16 @@ def cmd_register(args: argparse.Namespace) -> int:
         if not (args.pairs and args.images):
             raise DataError("give --fixed F --moving M, or --pairs CSV --images DIR [--labels DIR]")
         vols = _load_eval_volumes(args, cfg)
-        pairs = _pairs(args, ck, vols)
+        pairs, _ = _pairs(args, ck, vols)
     device = pick_device(args.device)
-    writer = FieldWriter(args.out, vols, images=not args.fields_only)
+    writer = FieldWriter(args.out, vols, images=not args.fields_only, naming=args.naming, fmt=args.format)
     rows = evaluate_pairs(ck.model(device), vols, pairs, cfg.data.downsample, device, on_field=writer,
                           with_hd95=False, progress=not args.quiet)
     for r in rows:
         extra = f"  Dice {_fmt(r['dice'])}" if r["dice"] == r["dice"] else ""
         print(f"{r['fixed']} <- {r['moving']}:  fold {_fmt(r['folding_pct'], 3)}%  SDlogJ {_fmt(r['sdlogj'])}{extra}")
-    print(f"wrote {len(writer.written)} displacement field(s) to {args.out} "
-          f"(X x Y x Z x 3, voxel units, warped(x) = moving(x + u(x)))")
+    print(f"wrote {len(writer.written)} displacement field(s) to {args.out}, e.g. {writer.written[0].name} "
+          f"(X x Y x Z x 3, voxel units, warped(x) = moving(x + u(x)){', float16' if args.format == 'npz' else ''})")
     return 0
 
 
@@ -296,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-label", metavar="NII")
     r.add_argument("--moving-label", metavar="NII")
     r.add_argument("--out", required=True, metavar="DIR")
-    r.add_argument("--fields-only", action="store_true", help="write only disp_*.nii.gz")
+    r.add_argument("--fields-only", action="store_true", help="write only the displacement fields")
+    r.add_argument("--naming", choices=("regtune", "l2r"), default="regtune",
+                   help="regtune: disp_<fixed name>_<moving name>; l2r: the organisers' disp_<fixed id>_<moving id> "
+                        "(4-digit case ids, e.g. disp_0201_0260) for their evaluation script")
+    r.add_argument("--format", choices=("nii.gz", "npz"), default="nii.gz",
+                   help="nii.gz (float32) or npz (float16, key arr_0, the Learn2Reg submission format)")
     r.set_defaults(func=cmd_register)
 
     dr = sub.add_parser("doctor", help="seconds-long preflight checks of data + config (exit 1 on a failed check)",

@@ -164,6 +164,8 @@ class TrainConfig:
         ``warmup`` of the run, then cosine to 0); ``onecycle`` (from lr/25 up to lr over
         ``warmup``, then cosine down to lr/1e4).
     warmup: fraction of the run spent warming up (cosine, onecycle).
+    compile: ``torch.compile`` the U-Net (pays on GPUs and for long runs; the first step
+        compiles, ~20-40 s on a CPU).
     symmetric: register every pair in both directions per step: the loss is averaged over
         moving->fixed and fixed->moving (backward = exp(-v) for a diffeomorphic model, no
         extra U-Net pass; else the network runs on the swapped pair too).
@@ -197,6 +199,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup: float = 0.05
     symmetric: bool = False
+    compile: bool = False
     best_metric: str = "val_dice"
     best_mode: str = "max"
     best_folding_limit_pct: float = 0.5

@@ -132,3 +132,37 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     out["dice_std"] = float(np.std(dices)) if dices else math.nan
     out["dice30"] = float(np.quantile(dices, 0.3)) if dices else math.nan
     return out
+
+
+def held_out_label(pairs: list[Pair], vols: Volumes, split: dict | None) -> str:
+    """How held out a pair list is against a checkpoint's split (``{"train": names, "val": names,
+    "test": names}``): "held out" only when no subject of the pairs was trained on or
+    picked an epoch."""
+    if not split:
+        return "unknown split (checkpoint records none)"
+    used = {n for p in pairs for n in (vols.names[p[0]], vols.names[p[1]])}
+    train, val = used & set(split.get("train", [])), used & set(split.get("val", []))
+    if train:
+        return f"NOT held out: {len(train)} subject(s) were trained on (e.g. {sorted(train)[0]})"
+    if val:
+        return f"NOT held out: {len(val)} subject(s) picked the best epoch (validation, e.g. {sorted(val)[0]})"
+    return "held out (no subject trained on or used for validation)"
+
+
+def checkpoint_pairs(extra: dict, vols: Volumes, pairs_csv: str | None = None) -> tuple[list[Pair], str]:
+    """The pairs ``regtune evaluate`` scores and what they are: ``pairs_csv`` when given,
+    else the checkpoint's test pairs (the reserved test split), else its validation pairs
+    (labelled as not held out)."""
+    from .data.pairs import read_pairs_csv
+    from .errors import DataError
+
+    split = extra.get("split")
+    if pairs_csv:
+        pairs = read_pairs_csv(pairs_csv, vols)
+        return pairs, f"{pairs_csv}: {held_out_label(pairs, vols, split)}"
+    for key, what in (("test_pairs", "the checkpoint's test pairs"), ("val_pairs", "the checkpoint's validation pairs")):
+        names = extra.get(key) or []
+        if names:
+            pairs = [(vols.index(f), vols.index(m)) for f, m in names]
+            return pairs, f"{what}: {held_out_label(pairs, vols, split)}"
+    raise DataError("the checkpoint holds no test or validation pair list; pass --pairs CSV (header fixed,moving)")

@@ -58,9 +58,8 @@ def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     return out / count
 
 
-def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = NCC_EPS,
-              reduction: str = "mean") -> torch.Tensor:
-    """Negative mean local normalised cross-correlation over ``window``^3 boxes.
+def local_ncc_map(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = NCC_EPS) -> torch.Tensor:
+    """Per-voxel squared local normalised cross-correlation cc in [0, 1] (B, C, X, Y, Z).
 
     cc = cov^2 / (var_f var_w + eps / n^2) with the local (co)variances as *mean* moments
     over the n = window^3 voxels of a box: identical to VoxelMorph's and MONAI's
@@ -69,12 +68,15 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
     instead damps cc ~n^2 = 5e5 times harder at window 9: identical low-contrast images
     then score well below 1.) Local means are separable box filters over the five stacked
     moments; variances are clamped at 0, so flat regions (constant padding) give cc = 0
-    instead of NaN. Range: [-1, 0].
+    instead of NaN. Each image is first centred on its own mean (cc is shift-invariant):
+    in float32, E[x^2] - E[x]^2 of values near 0.5 loses the variance of faint texture.
     """
     if fixed.shape != warped.shape or fixed.ndim != 5:
         raise ValueError(f"local_ncc expects two (B, C, X, Y, Z) tensors of one shape, got {tuple(fixed.shape)} and {tuple(warped.shape)}")
     fixed, warped = fixed.float(), warped.float()
-    b, c = fixed.shape[:2]
+    fixed = fixed - fixed.mean(dim=(2, 3, 4), keepdim=True)
+    warped = warped - warped.mean(dim=(2, 3, 4), keepdim=True)
+    c = fixed.shape[1]
     stack = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
     mom = box_mean(stack, window)
     mu_f, mu_w, ff, ww, fw = mom.split(c, dim=1)
@@ -82,8 +84,13 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
     var_w = (ww - mu_w * mu_w).clamp_min(0)
     cross = fw - mu_f * mu_w
     n = float(window) ** 3
-    cc = cross * cross / (var_f * var_w + eps / (n * n))
-    return _reduce(-_mean_per_sample(cc.clamp(max=1.0)), reduction)
+    return (cross * cross / (var_f * var_w + eps / (n * n))).clamp(max=1.0)
+
+
+def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = NCC_EPS,
+              reduction: str = "mean") -> torch.Tensor:
+    """Negative mean local NCC (see :func:`local_ncc_map`); range [-1, 0], lower is better."""
+    return _reduce(-_mean_per_sample(local_ncc_map(fixed, warped, window, eps)), reduction)
 
 
 def mutual_information(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32, reduction: str = "mean") -> torch.Tensor:

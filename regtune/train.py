@@ -212,6 +212,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     write_split(out / "split.json", vols, split, val_pairs, test_pairs)
     val_names = [[vols.names[f], vols.names[m]] for f, m in val_pairs]
     test_names = [[vols.names[f], vols.names[m]] for f, m in test_pairs]
+    split_names = {k: [vols.names[i] for i in getattr(split, k)] for k in ("train", "val", "test")}
     noreg_dice = summarise(evaluate_pairs(None, vols, val_pairs, with_hd95=False))["dice"]
     objective = Objective.from_train(t)
     trainer = Trainer(cfg, vols, split, device)
@@ -272,7 +273,8 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         is_best = status == "completed" and metrics["score"] > best_score
         if is_best:
             best_score, best_dice, best_epoch = metrics["score"], metrics["val_dice"], epoch
-            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names, test_pairs=test_names)
+            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names, test_pairs=test_names,
+                            split=split_names, steps=trainer.steps)
         final = status != "completed" or epoch == t.epochs or budget_hit
         rec = {"epoch": epoch, "step": trainer.steps, "seconds": time.monotonic() - te,
                "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
@@ -281,7 +283,8 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                  "best_loss": guard.best_loss, "rising": guard.rising}
         if status != "diverged_nan":  # never keep NaN weights as the state to resume from
             save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
-                            history=history, val_pairs=val_names, test_pairs=test_names, status=rec["status"])
+                            history=history, val_pairs=val_names, test_pairs=test_names, split=split_names,
+                            steps=trainer.steps, status=rec["status"])
         with (out / "history.jsonl").open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         result = EpochResult(epoch, trainer.steps, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)

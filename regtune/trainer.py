@@ -70,10 +70,12 @@ class Trainer:
         self.lam = LambdaSampler(cfg, self.device, seed=t.seed + 2) if cfg.amortise.ranges else None
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
+        if t.compile:  # the U-Net only: integration, warps and losses stay eager (and exact)
+            self.model._unet = torch.compile(self.model._unet)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         self.sampler = PairSampler(split.train, cfg.data.pairs, t.seed, device=self.device)
         self.augment = Augmenter(cfg.aug, self.device, seed=t.seed + 1) if cfg.aug.any else None
-        self.use_amp = t.amp and self.device.type == "cuda"
+        self.use_amp = t.amp and self.device.type in ("cuda", "cpu")
         self.steps = 0
         self.seconds = 0.0  # training time spent before this process (resume) -- the budget clock
         self._t0 = time.monotonic()

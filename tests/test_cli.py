@@ -32,10 +32,40 @@ def test_evaluate_prints_table_against_no_registration(trained, synth_dir, capsy
     assert main(["evaluate", "--checkpoint", str(trained), "--data", str(synth_dir), "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "no registration" in out and "regtune" in out
+    # by default the reserved test split is scored: 2 test subjects -> 2 ordered pairs, none seen in training
+    assert "test pairs: held out" in out and "Dice30" in out and "IC err" in out
     rows = list(csv.DictReader((tmp_path / "pairs.csv").open()))
-    assert len(rows) == 3 and {"dice", "hd95", "sdlogj", "folding_pct", "noreg_dice"} <= set(rows[0])
+    split = json.loads((trained.parent / "split.json").read_text())
+    assert len(rows) == 2 and {(r["fixed"], r["moving"]) for r in rows} <= {tuple(p) for p in split["test_pairs"]}
+    assert {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "noreg_dice", "ic_error", "self_disp"} <= set(rows[0])
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 0 <= summary["registered"]["dice"] <= 1
+    assert 0 <= summary["registered"]["dice"] <= 1 and summary["pairs_are"].startswith("the checkpoint's test pairs: held out")
+    # a pair list with training subjects is labelled as not held out
+    p = tmp_path / "train_pairs.csv"
+    tr = split["train"]
+    p.write_text(f"fixed,moving\n{tr[0]}.nii.gz,{tr[1]}.nii.gz\n")
+    assert main(["evaluate", "--checkpoint", str(trained), "--data", str(synth_dir), "--pairs", str(p),
+                 "--out", str(tmp_path / "e2"), "--quiet"]) == 0
+    assert "NOT held out: 2 subject(s) were trained on" in capsys.readouterr().out
+
+
+def test_register_writes_fields_the_organisers_scorer_loads(trained, synth_dir, tmp_path, capsys):
+    """--naming l2r --format npz: disp_<fixed id>_<moving id>.npz, float16, X x Y x Z x 3 under
+    key arr_0, read back the way the organisers' script does and applied with map_coordinates."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("fixed,moving\nsynth_001.nii.gz,synth_002.nii.gz\n")
+    out = tmp_path / "l2r"
+    assert main(["register", "--checkpoint", str(trained), "--pairs", str(pairs), "--images", str(synth_dir / "imagesTr"),
+                 "--labels", str(synth_dir / "labelsTr"), "--out", str(out), "--fields-only", "--naming", "l2r",
+                 "--format", "npz", "--quiet"]) == 0
+    assert [q.name for q in out.iterdir()] == ["disp_0001_0002.npz"]
+    arr = np.load(out / "disp_0001_0002.npz")["arr_0"]
+    assert arr.dtype == np.float16 and arr.shape == (32, 32, 32, 3)
+    ref = tmp_path / "ref"
+    assert main(["register", "--checkpoint", str(trained), "--pairs", str(pairs), "--images", str(synth_dir / "imagesTr"),
+                 "--out", str(ref), "--fields-only", "--quiet"]) == 0
+    full = nib.load(str(ref / "disp_synth_001_synth_002.nii.gz")).get_fdata()
+    assert np.abs(arr.astype(np.float64) - full).max() < 5e-3  # float16 rounding only
 
 
 def independent_dice(fixed_lab, moving_lab, disp_xyz3, labels=(1, 2)):

@@ -103,3 +103,61 @@ def test_bad_input_names_the_file(synth_dir, tmp_path, breakage, fragment):
         load_folder(root, DataConfig())
     if breakage not in ("missing_folder", "no_labels_dir"):
         assert "synth_003" in str(exc.value)
+
+
+def test_affine_or_spacing_differing_between_subjects_is_refused(synth_dir, tmp_path):
+    d = copy_dataset(synth_dir, tmp_path / "d")
+    name = sorted((d / "imagesTr").iterdir())[3].name
+    for folder in ("imagesTr", "labelsTr"):
+        img = nib.load(str(d / folder / name))
+        aff = img.affine.copy()
+        aff[0, 0] = 1.5  # another voxel spacing along x for this subject only (image and label agree)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), str(d / folder / name))
+    with pytest.raises(DataError, match=f"{name}.*spacing"):
+        load_folder(d, DataConfig())
+    for folder in ("imagesTr", "labelsTr"):
+        img = nib.load(str(d / folder / name))
+        aff = np.eye(4)
+        aff[:3, 3] = 7.0  # same spacing, another origin
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), str(d / folder / name))
+    with pytest.raises(DataError, match=f"{name}.*affine differs"):
+        load_folder(d, DataConfig())
+
+
+def test_official_release_layout_with_dataset_json(synth_dir, tmp_path):
+    """HippocampusMR_0001_0000-style names and a HippocampusMR_dataset.json: the training list is
+    read from it and its registration_val pairs become the validation pairs."""
+    import json
+
+    from regtune.config import Config
+    from regtune.train import split_for
+
+    d = tmp_path / "release"
+    for folder in ("imagesTr", "labelsTr"):
+        (d / folder).mkdir(parents=True)
+    src = sorted(p.name for p in (synth_dir / "imagesTr").iterdir())
+    entries = []
+    for i, name in enumerate(src, start=1):
+        new = f"HippocampusMR_{i:04d}_0000.nii.gz"
+        for folder in ("imagesTr", "labelsTr"):
+            shutil.copy(synth_dir / folder / name, d / folder / new)
+        entries.append({"image": f"./imagesTr/{new}", "label": f"./labelsTr/{new}"})
+    (d / "imagesTr" / "stray_not_listed.nii.gz").write_bytes((d / "imagesTr" / "HippocampusMR_0001_0000.nii.gz").read_bytes())
+    val = [{"fixed": "./imagesTr/HippocampusMR_0007_0000.nii.gz", "moving": "./imagesTr/HippocampusMR_0008_0000.nii.gz"},
+           {"fixed": "./imagesTr/HippocampusMR_0008_0000.nii.gz", "moving": "./imagesTr/HippocampusMR_0007_0000.nii.gz"}]
+    (d / "HippocampusMR_dataset.json").write_text(json.dumps({"name": "HippocampusMR", "training": entries,
+                                                              "registration_val": val}))
+    vols = load_folder(d, DataConfig())
+    assert len(vols) == len(src) and "stray_not_listed" not in vols.names
+    assert vols.registration_val == [("HippocampusMR_0007_0000", "HippocampusMR_0008_0000"),
+                                     ("HippocampusMR_0008_0000", "HippocampusMR_0007_0000")]
+    cfg = Config().with_values({"data.test_subjects": 2, "data.val_subjects": 2})
+    split, val_pairs, test_pairs = split_for(cfg, vols)
+    assert [(vols.names[f], vols.names[m]) for f, m in val_pairs] == vols.registration_val
+    assert {vols.names[i] for i in split.val} == {"HippocampusMR_0007_0000", "HippocampusMR_0008_0000"}
+    assert len(split.test) == 2 and not set(split.test) & set(split.val)
+    bad = json.loads((d / "HippocampusMR_dataset.json").read_text())
+    bad["registration_val"][0]["moving"] = "./imagesTr/HippocampusMR_0099_0000.nii.gz"
+    (d / "HippocampusMR_dataset.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="HippocampusMR_0099_0000"):
+        load_folder(d, DataConfig())

@@ -45,3 +45,15 @@ def test_pairs_csv_roundtrip_and_errors(vols, tmp_path):
     p.write_text("a,b\n")
     with pytest.raises(DataError, match="header"):
         read_pairs_csv(p, vols)
+
+
+def test_test_split_is_fixed_by_its_seed_and_size_only(vols):
+    a = split_subjects(vols, 2, seed=4, test_subjects=2)
+    b = split_subjects(vols, 3, seed=4, test_subjects=2)
+    assert a.test == b.test and len(a.test) == 2
+    for s in (a, b):
+        assert not set(s.test) & (set(s.train) | set(s.val)) and not set(s.val) & set(s.train)
+        assert sorted(s.train + s.val + s.test) == list(range(len(vols)))
+    with pytest.raises(DataError, match="test_subjects"):
+        split_subjects(vols, 3, seed=0, test_subjects=4)
+    assert a.role(a.test[0]) == "test" and a.role(a.train[0]) == "train"

@@ -120,3 +120,46 @@ def test_jacobian_in_float32_agrees_with_float64():
     assert np.abs(d32 - d64).max() < 1e-5
     (s32, f32, _), (s64, f64, _) = jacobian_stats(disp), jacobian_stats(disp.astype(np.float64))
     assert s32 == pytest.approx(s64, abs=1e-5) and f32 == pytest.approx(f64, abs=0.5)
+
+
+def test_label_absent_from_the_moving_map_is_skipped_like_the_organisers_script():
+    fixed = cube((20, 20, 20), (5, 5, 5), (10, 10, 10), 1) + cube((20, 20, 20), (11, 5, 5), (15, 10, 10), 2)
+    moving = cube((20, 20, 20), (5, 5, 5), (10, 10, 10), 1)  # label 2 absent from the moving map
+    s = score_pair(fixed, moving, None, (1, 2), moving_lab=moving)
+    assert math.isnan(s.dice_per_label[2]) and math.isnan(s.hd95_per_label[2])
+    assert s.dice == pytest.approx(1.0) and s.hd95 == 0.0
+    # without the moving map label 2 counts as a miss (the old behaviour)
+    assert score_pair(fixed, moving, None, (1, 2)).dice == pytest.approx(0.5)
+
+
+def _organisers_jacobian(disp):
+    """The organisers' utils.jacobian_determinant, re-derived: scipy correlate with
+    [-0.5, 0, 0.5] (zero padding) per axis, identity added, 2-voxel crop."""
+    from scipy import ndimage
+    k = np.array([-0.5, 0, 0.5])
+    grads = np.stack([np.stack([ndimage.correlate(disp[i], k.reshape([3 if a == j else 1 for a in range(3)]), mode="constant")
+                                for i in range(3)]) for j in range(3)])  # grads[j, i] = d u_i / d x_j
+    J = grads.transpose(1, 0, 2, 3, 4) + np.eye(3).reshape(3, 3, 1, 1, 1)
+    J = J[:, :, 2:-2, 2:-2, 2:-2]
+    return np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1)))
+
+
+def test_both_sdlogj_definitions_against_the_organisers_formula():
+    rng = np.random.default_rng(1)
+    from scipy import ndimage
+    disp = np.stack([ndimage.gaussian_filter(rng.normal(0, 3, (20, 20, 20)), 2) for _ in range(3)])
+    det = _organisers_jacobian(disp)
+    ours_det = jacobian_determinant(disp)
+    assert np.allclose(ours_det, det, atol=1e-10)
+    sdlogj, fold, l2r = jacobian_stats(disp)
+    assert l2r == pytest.approx(np.log(np.clip(det + 3, 1e-9, 1e9)).std(), rel=1e-9)
+    assert sdlogj == pytest.approx(np.log(np.clip(det, 1e-9, 1e9)).std(), rel=1e-9)
+    assert fold == pytest.approx(100 * float((det <= 0).mean()))
+    assert 3 < sdlogj / l2r < 8  # the "+ 3" quirk makes the organisers' figure several times smaller
+
+
+def test_summary_has_dice30():
+    from regtune.evaluate import summarise
+    rows = [{"dice": d, "hd95": 1.0} for d in (0.5, 0.6, 0.7, 0.8, 0.9)]
+    s = summarise(rows)
+    assert s["dice30"] == pytest.approx(np.quantile([0.5, 0.6, 0.7, 0.8, 0.9], 0.3)) and s["dice"] == pytest.approx(0.7)

@@ -1,0 +1,132 @@
+"""The one training step: symmetric and inverse-consistent losses, schedules, exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from regtune.config import Config
+from regtune.data import load_folder
+from regtune.data.pairs import Split
+from regtune.losses import combine, loss_terms
+from regtune.model import warp
+from regtune.schedule import lr_factor, progress
+from regtune.train import StopTraining, train
+from regtune.trainer import Trainer
+
+TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2,
+        "data.test_subjects": 2, "data.downsample": 2, "train.batch_size": 2, "model.int_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def vols(synth_dir):
+    return load_folder(synth_dir, Config().data)
+
+
+def tiny(**kw) -> Config:
+    return Config().with_values({**TINY, **kw})
+
+
+SPLIT = Split(train=(0, 1, 2, 3), val=(4, 5), test=(6, 7))
+
+
+def _nudge(model):
+    """Weights off the identity start, so both directions differ measurably."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.flow.weight.add_(torch.randn(model.flow.weight.shape, generator=g) * 0.05)
+
+
+def test_symmetric_loss_is_the_mean_of_both_directions_with_the_exact_inverse(vols):
+    cfg = tiny(**{"train.symmetric": True, "loss.dice_weight": 1.0})
+    tr = Trainer(cfg, vols, SPLIT)
+    _nudge(tr.model)
+    f, m = torch.tensor([0, 2]), torch.tensor([1, 3])
+    with torch.no_grad():
+        got, fwd = tr.loss(f, m)
+        # by hand: moving->fixed with exp(v), fixed->moving with exp(-v), one U-Net pass
+        p = tr.prep
+        fixed, moving, fo, mo = p.images[f], p.images[m], p.onehot[f], p.onehot[m]
+        mask = p.labelled[f] & p.labelled[m]
+        u, ub = tr.model.fields(moving, fixed)
+        a = loss_terms(cfg.loss, fixed, warp(moving, u), u, fo, warp(mo, u), mask)
+        b = loss_terms(cfg.loss, moving, warp(fixed, ub), ub, mo, warp(fo, ub), mask)
+        want = combine(cfg.loss, {k: 0.5 * (a[k] + b[k]) for k in a}, mask)
+        one_way = combine(cfg.loss, a, mask)
+    assert float(got.total) == pytest.approx(float(want.total), rel=1e-5)
+    assert abs(float(got.total) - float(one_way.total)) > 1e-6  # the backward direction counts
+    assert torch.allclose(fwd, u)
+    # the backward field is the inverse: forward then backward lands where it started
+    from regtune.model import compose
+    assert float(compose(u, ub).abs().max()) < 0.05 * max(float(u.abs().max()), 1e-3) + 1e-3
+
+
+def test_inverse_consistency_penalty_in_displacement_mode_uses_the_swapped_pass(vols):
+    # the penalty alone (no similarity, no smoothness): its gradient must pull the network's
+    # fields for (m, f) and (f, m) towards inverses of each other
+    cfg = tiny(**{"model.int_steps": 0, "loss.ic_weight": 1.0, "loss.dice_weight": 0.0, "loss.sim_weight": 0.0,
+                  "loss.reg_weight": 0.0})
+    tr = Trainer(cfg, vols, SPLIT)
+    _nudge(tr.model)
+    with torch.no_grad():
+        t, _ = tr.loss(torch.tensor([0]), torch.tensor([1]))
+    before = float(t.terms["ic"])
+    assert before > 0 and float(t.total) == pytest.approx(before)
+    opt = torch.optim.Adam(tr.model.parameters(), lr=1e-3)
+    for _ in range(10):
+        t, _ = tr.loss(torch.tensor([0]), torch.tensor([1]))
+        opt.zero_grad()
+        t.total.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(tr.loss(torch.tensor([0]), torch.tensor([1]))[0].terms["ic"])
+    assert after < 0.5 * before
+
+
+def test_schedules_fit_steps_and_wall_clock():
+    t = Config().with_values({"train.schedule": "cosine", "train.warmup": 0.1, "train.epochs": 10,
+                              "train.steps_per_epoch": 10}).train
+    assert lr_factor(t, 0.05) == pytest.approx(0.5)
+    assert lr_factor(t, 0.1) == pytest.approx(1.0)
+    assert lr_factor(t, 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert progress(t, 50, 0.0) == 0.5
+    tb = Config().with_values({"train.max_minutes": 1.0, "train.epochs": 1000}).train
+    assert progress(tb, 10, 30.0) == pytest.approx(0.5)  # the budget, not the epochs, sets the pace
+    one = Config().with_values({"train.schedule": "onecycle", "train.warmup": 0.3}).train
+    assert lr_factor(one, 0.0) == pytest.approx(1 / 25) and lr_factor(one, 0.3) == pytest.approx(1.0)
+    assert lr_factor(one, 1.0) == pytest.approx(1e-4)
+    assert lr_factor(Config().train, 0.7) == 1.0
+
+
+def test_cosine_schedule_reaches_zero_at_the_last_step(vols, tmp_path):
+    cfg = tiny(**{"train.schedule": "cosine", "train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 0.0})
+    res = train(cfg, vols, tmp_path, progress=False, split=SPLIT)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and res.steps == 6
+
+
+@pytest.mark.parametrize("extra", [{}, {"aug.flip": 0.5, "aug.rotate": 10.0, "aug.noise": 0.05, "train.symmetric": True}])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
+    cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0, "train.schedule": "cosine", **extra})
+    full = train(cfg, vols, tmp_path / "full", progress=False, split=SPLIT)
+
+    def stop_after_first(e):
+        if e.epoch == 1:
+            raise StopTraining("simulated interruption")
+
+    part = tmp_path / "part"
+    assert train(cfg, vols, part, progress=False, split=SPLIT, on_epoch=stop_after_first).status == "stopped"
+    resumed = train(cfg, vols, part, progress=False, split=SPLIT, resume=part / "last.pt")
+    assert resumed.steps == full.steps == 9
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(part / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights after resume differ from the uninterrupted run"
+    for h1, h2 in zip(full.history, resumed.history):
+        assert h1["train_loss"] == h2["train_loss"] and h1["lr"] == h2["lr"]
+
+
+def test_wall_clock_budget_ends_training_and_is_recorded(vols, tmp_path):
+    cfg = tiny(**{"train.max_minutes": 0.0005, "train.epochs": 50, "train.steps_per_epoch": 50, "loss.dice_weight": 0.0})
+    res = train(cfg, vols, tmp_path, progress=False, split=SPLIT)
+    assert res.status == "completed" and "budget" in res.reason and res.epochs == 1 and res.steps < 50
+    assert math.isfinite(res.best_score)
