@@ -283,9 +283,16 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
         if len(top) >= st.refine:
             break
     val_pairs = list(val_pairs)
-    refined = [_point(p.values, scorer(p.values, val_pairs, with_hd95=True), objective, st, p.trial, len(val_pairs))
-               for p in top]
+    if objective.metric == "val_hd95":  # the choice needs HD95: the slow path
+        scored = [scorer(p.values, val_pairs, with_hd95=True) for p in top]
+    else:
+        scored = scorer.many([p.values for p in top], val_pairs)
+    refined = [_point(p.values, m, objective, st, p.trial, len(val_pairs)) for p, m in zip(top, scored)]
     chosen = _best(refined)
+    if objective.metric != "val_hd95":  # the chosen setting's full scores (HD95 too)
+        chosen = _point(chosen.values, scorer(chosen.values, val_pairs, with_hd95=True), objective, st, chosen.trial,
+                        len(val_pairs))
+        refined = [chosen if p.trial == chosen.trial else p for p in refined]
     noreg_val = _metrics(evaluate_pairs(None, vols, val_pairs))
     refine_seconds = time.perf_counter() - t1
     res = SearchResult(rs, st, objective, points, refined, chosen, noreg, noreg_val, seconds, refine_seconds,
@@ -365,13 +372,15 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
             ax3.set_ylabel("% folding voxels (grey)", color="#666")
             ax3.set_ylim(0, max(fold.max() * 3, 1e-3))
         c = res.chosen
+        on_curve = next((p for p in res.points if p.trial == c.trial), None)  # the chosen setting on the search pairs
         ax.axvline(c.values[r.key], color="k", lw=1, ls="--")
-        ax.plot([c.values[r.key]], [c.metrics["dice"]], "*", ms=14, color="gold", mec="k",
-                label=f"chosen {c.values[r.key]:.3g}: Dice {c.metrics['dice']:.3f}, SDlogJ {c.metrics['sdlogj']:.3f} "
-                      f"({len(res.val_pairs)} val pairs)")
+        if on_curve is not None:
+            ax.plot([c.values[r.key]], [on_curve.metrics["dice"]], "*", ms=14, color="gold", mec="k",
+                    label=f"chosen {c.values[r.key]:.3g}; on all {len(res.val_pairs)} val pairs: Dice {c.metrics['dice']:.3f}, "
+                          f"SDlogJ {c.metrics['sdlogj']:.3f}, folding {c.metrics['folding_pct']:.3f}%")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
     fig.suptitle(title or f"{len(res.points)} settings in {res.seconds:.0f} s; objective {res.objective.describe()}, "
                  f"constraints {res.settings.describe()}", fontsize=9)
     fig.tight_layout()
@@ -410,12 +419,12 @@ def overlays_png(path: str | Path, model, cfg, vols: Volumes, pair: Pair, settin
         ax[1].contour(np.rot90(fl[:, :, z]), levels=[0.5, 1.5], colors="#00ff88", linewidths=0.8)
         ax[1].contour(np.rot90(wlab[0, :, :, z].numpy()), levels=[0.5, 1.5], colors="#ff3366", linewidths=0.8)
         ax[1].set_title(f"warped at {describe(values)}", fontsize=9)
-        from matplotlib.colors import TwoSlopeNorm
+        from matplotlib.colors import ListedColormap, TwoSlopeNorm
 
         d = np.rot90(det[:, :, z])
         ax[2].imshow(d, cmap="coolwarm", norm=TwoSlopeNorm(vmin=min(0.0, float(d.min())) - 1e-3, vcenter=1.0,
                                                            vmax=max(2.0, float(d.max()))))
-        ax[2].imshow(np.ma.masked_where(d > 0, np.ones_like(d)), cmap="gray", vmin=0, vmax=1)
+        ax[2].imshow(np.ma.masked_where(d > 0, np.ones_like(d)), cmap=ListedColormap(["black"]), vmin=0, vmax=1)
         ax[2].set_title(f"det J (SDlogJ {sd:.3f}, folding {100 * float((det <= 0).mean()):.3f}%)", fontsize=9)
         for a in ax:
             a.set_xticks([])
