@@ -18,10 +18,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job: a small hyperparameter study on the embedded synthetic dataset
-# (local Ray, local MLflow SQLite store, everything under regtune-runs/).
+# The main job: a study on the embedded synthetic phantoms whose space has good, diverging,
+# over-regularised and too-slow regions (search_spaces/phantoms.yaml), then its diagnosis;
+# it ends by printing where the report, best_config.yaml and the model are. Local Ray, local
+# MLflow SQLite store, everything under regtune-runs/. A few minutes on a 2-core CPU.
 run: $(STAMP)
-	$(BIN)/regtune search --space search_spaces/smooth.yaml --name smooth-$$(date +%Y%m%d-%H%M%S)
+	@name=phantoms-$$(date +%Y%m%d-%H%M%S); start=$$(date +%s); \
+	$(BIN)/regtune search --space search_spaces/phantoms.yaml --name $$name && \
+	$(BIN)/regtune diagnose --study $$name && \
+	echo "" && echo "== the answer (study $$name, $$(( $$(date +%s) - start )) s) ==" && \
+	echo "diagnosis report: regtune-runs/studies/$$name/diagnosis/report.html (and report.md)" && \
+	echo "best config:      regtune-runs/studies/$$name/best_config.yaml   (regtune train --config it, or regtune train --from-study $$name)" && \
+	echo "model:            regtune-runs/studies/$$name/best.pt   (held-out scores: regtune-runs/studies/$$name/test_scores.json)" && \
+	echo "browse:           regtune ui   (MLflow)      regtune ui --optuna --study $$name   (Optuna Dashboard)"
 
 # A single training run on embedded defaults.
 train: $(STAMP)

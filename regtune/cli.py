@@ -66,6 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data.source import load_data
     from .train import no_registration_baseline, pick_device, train
 
+    if args.from_study or args.trial:  # regtune train --from-study NAME [--trial ID]: the study's (or a trial's) config
+        from .search.cli import config_from_study
+
+        args.config = config_from_study(args)
     cfg = _config(args)
     out = Path(args.out) if args.out else RUNS / time.strftime("train-%Y%m%d-%H%M%S")
     vols = load_data(cfg.data, progress=not args.quiet)
@@ -120,13 +124,34 @@ def cmd_evaluate_top(args: argparse.Namespace) -> int:
     uri = default_uri(args.runs_dir, args.tracking_uri)
     study = args.study or latest_study(uri)
     base, results = evaluate_top(uri, study, args.top, args.data, args.pairs, args.export_fields,
-                                 device=str(pick_device(args.device)), progress=not args.quiet)
-    print(f"study '{study}': top {len(results)} trials re-evaluated on {len(results[0].rows)} pairs "
-          f"({args.pairs or 'the checkpoints val pairs'}); test_* metrics and evaluation/test_pairs_*.csv logged to each run")
+                                 device=str(pick_device(args.device)), progress=not args.quiet,
+                                 allow_overlap=args.allow_overlap)
+    prefix = results[0].prefix
+    print(f"study '{study}': top {len(results)} runs (ranked by their best epoch's score) re-evaluated on "
+          f"{len(results[0].rows)} pairs; {prefix}_* metrics and evaluation/{prefix}_pairs_*.csv logged to each run")
     print(format_top(base, results))
     if args.export_fields:
         print(f"fields: {args.export_fields}/<trial>/disp_<fixed>_<moving>.nii.gz (Learn2Reg convention)")
     return 0
+
+
+def _refuse_unused(args: argparse.Namespace, command: str) -> None:
+    """Flags that would do nothing in this mode stop the command with one line."""
+    from .errors import ConfigError
+
+    if command == "register":
+        unused = {"--data": args.data}
+        why = "register reads images from --fixed/--moving or --images [--labels] with --pairs"
+    elif args.top:
+        unused = {"--checkpoint": args.checkpoint, "--images": args.images, "--labels": args.labels, "--out": args.out}
+        why = "--top K evaluates the study's own checkpoints on --data (fields go to --export-fields)"
+    else:
+        unused = {"--study": args.study, "--tracking-uri": args.tracking_uri, "--export-fields": args.export_fields,
+                  "--allow-overlap": args.allow_overlap or None}
+        why = "they select and log a study's trials, which only --top K does"
+    given = [k for k, v in unused.items() if v]
+    if given:
+        raise ConfigError(f"{command}: {', '.join(given)} would be ignored here: {why}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -134,6 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
 
+    _refuse_unused(args, "evaluate")
     if args.top:
         return cmd_evaluate_top(args)
     if not args.checkpoint:
@@ -190,6 +216,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .register import FieldWriter
     from .train import pick_device
 
+    _refuse_unused(args, "register")
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config
     if args.fixed or args.moving:
@@ -263,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (sets train.max_minutes)")
     t.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--from-study", metavar="NAME", help="train the model of study NAME again: its best_config.yaml (--set still applies)")
+    t.add_argument("--trial", metavar="ID", help="with --from-study: that trial's complete config instead of the study's model")
+    t.add_argument("--runs-dir", default=str(RUNS), metavar="DIR", help="with --from-study: where the studies are")
     t.set_defaults(func=cmd_train)
 
     def data_args(q: argparse.ArgumentParser) -> None:
@@ -285,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tracking-uri", metavar="URI", help="with --top: MLflow store (default: sqlite:///regtune-runs/mlflow.db)")
     e.add_argument("--runs-dir", default=str(RUNS), metavar="DIR")
     e.add_argument("--export-fields", metavar="DIR", help="with --top: write each trial's Learn2Reg displacement fields")
+    e.add_argument("--allow-overlap", action="store_true", help="with --top --pairs: score a list that shares subjects with "
+                                                               "the trials' train/val split, logged as overlap_* (not test_*)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("register", help="write displacement fields and warped images for pairs",

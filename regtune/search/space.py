@@ -35,11 +35,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import Config
+from ..config import BEST_METRICS, Config
 from ..errors import ConfigError
+from ..objective import Objective
 
-METRICS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_loss")
-TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "seed")
+METRICS = BEST_METRICS
+TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "promote", "seed")
+PROMOTE_MODES = ("continue", "retrain")
 
 
 class SpaceError(ConfigError):
@@ -59,25 +61,6 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Objective:
-    metric: str = "val_dice"
-    mode: str = "max"
-    folding_limit_pct: float = 0.5
-    folding_penalty: float = 0.1
-    diverged_score: float = 0.0
-
-    def score(self, metrics: Mapping[str, float]) -> float:
-        """Higher is better: sign * metric - penalty * max(0, folding - limit).
-        A non-finite metric (diverged trial) scores ``diverged_score``."""
-        v = metrics.get(self.metric, math.nan)
-        fold = metrics.get("val_folding_pct", math.nan)
-        if v is None or not math.isfinite(v) or fold is None or not math.isfinite(fold):
-            return self.diverged_score
-        s = v if self.mode == "max" else -v
-        return float(s - self.folding_penalty * max(0.0, fold - self.folding_limit_pct))
-
-
-@dataclass(frozen=True)
 class Budget:
     num_samples: int = 8
     max_concurrent: int = 2
@@ -93,6 +76,22 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Promote:
+    """``promote:``: after the search, train the ``top_k`` best trials to a full budget.
+
+    epochs / minutes: the full budget (one of them); minutes are turned into epochs from
+    the trial's own measured seconds per epoch, so the promoted config is reproducible.
+    mode: ``continue`` from the trial's last checkpoint (same steps as a fresh run when the
+    learning-rate schedule is constant; other schedules are retrained) or ``retrain`` from scratch.
+    """
+
+    top_k: int = 1
+    epochs: int = 0
+    minutes: float = 0.0
+    mode: str = "continue"
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     name: str
     description: str
@@ -102,6 +101,7 @@ class SearchSpace:
     objective: Objective = field(default_factory=Objective)
     budget: Budget = field(default_factory=Budget)
     resources: Resources = field(default_factory=Resources)
+    promote: Promote | None = None
     seed: int = 0
     source: str = ""
     text: str = ""
@@ -111,15 +111,21 @@ class SearchSpace:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     def trial_config(self, values: Mapping[str, Any]) -> Config:
-        """The typed config of one trial: ``base`` with the sampled values."""
-        return self.base.with_values(dict(values), source=f"{self.source} trial")
+        """The typed config of one trial: ``base`` with the sampled values (``base`` already
+        carries the objective as ``train.best_*``, so best.pt follows the study's objective)."""
+        return self.base.with_values({k: v for k, v in values.items() if not k.startswith("regtune.")},
+                                     source=f"{self.source} trial")
 
-    def with_overrides(self, **budget: Any) -> "SearchSpace":
+    def with_overrides(self, cpu: float | None = None, gpu: float | None = None, **budget: Any) -> "SearchSpace":
+        """Command-line overrides of the budget (num_samples, max_concurrent) and per-trial resources."""
         import dataclasses
 
         b = dataclasses.replace(self.budget, **{k: v for k, v in budget.items() if v is not None})
         _check_budget(b, self.source)
-        return dataclasses.replace(self, budget=b)
+        r = dataclasses.replace(self.resources, **{k: v for k, v in (("cpu", cpu), ("gpu", gpu)) if v is not None})
+        _check_resources(r, "--cpus-per-trial" if cpu is not None else self.source,
+                         "--gpus-per-trial" if gpu is not None else self.source)
+        return dataclasses.replace(self, budget=b, resources=r)
 
 
 def _err(src: str, key: str, msg: str) -> SpaceError:
@@ -153,6 +159,13 @@ def _check_budget(b: Budget, src: str) -> None:
         raise _err(src, "budget.reduction_factor", f"must be >= 2, got {b.reduction_factor}")
     if b.time_limit_minutes < 0:
         raise _err(src, "budget.time_limit_minutes", f"must be >= 0 (0 = none), got {b.time_limit_minutes}")
+
+
+def _check_resources(r: Resources, src_cpu: str, src_gpu: str) -> None:
+    if not (math.isfinite(r.cpu) and r.cpu > 0):
+        raise SpaceError(f"{src_cpu}: resources.cpu must be > 0, got {r.cpu:g}")
+    if not math.isfinite(r.gpu) or r.gpu < 0 or (r.gpu > 1 and not float(r.gpu).is_integer()):
+        raise SpaceError(f"{src_gpu}: resources.gpu must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {r.gpu:g}")
 
 
 def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param]) -> Param:
@@ -247,8 +260,11 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
             raise _err(src, f"params.{key}", "is also fixed in base; keep it in one place")
         known[key] = _param(src, key, spec, base, known)
     obj_doc = dict(_mapping(src, "objective", doc.get("objective")))
-    allowed = {"metric", "mode", "folding_limit_pct", "folding_penalty", "diverged_score"}
+    allowed = {"metric", "mode", "folding_limit_pct", "folding_penalty"}
     for k in obj_doc:
+        if k == "diverged_score":
+            raise _err(src, "objective.diverged_score", "is gone: a diverged trial always scores below every finished "
+                                                       "trial (regtune.objective.DIVERGED_SCORE); delete the line")
         if k not in allowed:
             raise _err(src, f"objective.{k}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
     metric = obj_doc.get("metric", "val_dice")
@@ -257,9 +273,15 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
     mode = obj_doc.get("mode", "max" if metric == "val_dice" else "min")
     if mode not in ("max", "min"):
         raise _err(src, "objective.mode", f"must be max or min, got {mode!r}")
-    objective = Objective(metric, mode,
-                          *(_num(src, f"objective.{k}", obj_doc.get(k, d)) for k, d in
-                            (("folding_limit_pct", 0.5), ("folding_penalty", 0.1), ("diverged_score", 0.0 if mode == "max" else -1e3))))
+    objective = Objective(metric, mode, *(_num(src, f"objective.{k}", obj_doc.get(k, d)) for k, d in
+                                          (("folding_limit_pct", 0.5), ("folding_penalty", 0.1))))
+    for k in objective.config_values():
+        if k in base_items:
+            raise _err(src, f"base.{k}", "is set by the objective: block (one definition of best); delete it from base")
+    try:
+        base = base.with_values(objective.config_values(), source=f"{src} objective")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
     b_doc = _mapping(src, "budget", doc.get("budget"))
     fields_b = {"num_samples": True, "max_concurrent": True, "grace_period": True, "reduction_factor": True, "time_limit_minutes": False}
     for k in b_doc:
@@ -272,10 +294,8 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
         if k not in ("cpu", "gpu"):
             raise _err(src, f"resources.{k}", "unknown field (allowed: cpu, gpu)")
     res = Resources(**{k: _num(src, f"resources.{k}", v) for k, v in r_doc.items()})
-    if res.cpu <= 0:
-        raise _err(src, "resources.cpu", f"must be > 0, got {res.cpu}")
-    if res.gpu < 0 or (res.gpu > 1 and not float(res.gpu).is_integer()):
-        raise _err(src, "resources.gpu", f"must be >= 0 (a fraction <= 1 or a whole number), got {res.gpu}")
+    _check_resources(res, src, src)
+    promote = _promote(src, doc.get("promote"), base)
     start = []
     for i, point in enumerate(doc.get("start") or []):
         point = _mapping(src, f"start[{i}]", point)
@@ -289,8 +309,31 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
         start.append(dict(point))
     seed = _num(src, "seed", doc.get("seed", 0), integer=True)
     return SearchSpace(name=name, description=str(doc.get("description", "")), base=base, params=tuple(known.values()),
-                       start=tuple(start), objective=objective, budget=budget, resources=res, seed=seed,
+                       start=tuple(start), objective=objective, budget=budget, resources=res, promote=promote, seed=seed,
                        source=src, text=text)
+
+
+def _promote(src: str, doc: Any, base: Config) -> Promote | None:
+    if doc is None:
+        return None
+    doc = _mapping(src, "promote", doc)
+    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None}
+    for k in doc:
+        if k not in allowed:
+            raise _err(src, f"promote.{k}", f"unknown field (allowed: {', '.join(allowed)})")
+    vals = {k: _num(src, f"promote.{k}", v, allowed[k]) for k, v in doc.items() if k != "mode"}
+    p = Promote(**vals, mode=doc.get("mode", "continue"))
+    if p.top_k < 1:
+        raise _err(src, "promote.top_k", f"must be >= 1, got {p.top_k}")
+    if (p.epochs > 0) == (p.minutes > 0):
+        raise _err(src, "promote", "give the full budget as one of epochs: N or minutes: M (> 0)")
+    if p.epochs and p.epochs < base.train.epochs:
+        raise _err(src, "promote.epochs", f"must be >= the search's train.epochs ({base.train.epochs}), got {p.epochs}")
+    if p.epochs < 0 or p.minutes < 0:
+        raise _err(src, "promote", "epochs and minutes must be > 0")
+    if p.mode not in PROMOTE_MODES:
+        raise _err(src, "promote.mode", f"must be one of {', '.join(PROMOTE_MODES)}, got {p.mode!r}")
+    return p
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -6,7 +6,11 @@ Folder of a study (default ``regtune-runs/studies/<name>/``)::
     optuna.db          the persisted Optuna study (SQLite)
     mlflow.json        MLflow parent run id and trial -> run ids
     space.yaml         the space file as run
-    study.json         how the study was started (data, tracking URI, storage)
+    study.json         how the study was started (data, tracking URI, storage, budget)
+    best_config.yaml   the study's model: a complete config (``regtune train --config``)
+    best.pt            the study's model (the best trial's, or after --promote the promoted one's)
+    test_scores.json   its scores on the reserved test subjects (and the no-registration row)
+    promote/           promotion's Ray experiment (``--promote``)
 
 MLflow's store defaults to ``regtune-runs/mlflow.db`` with artifacts under
 ``regtune-runs/mlartifacts`` (one store for all studies, so ``regtune ui`` shows them all).
@@ -14,16 +18,24 @@ MLflow's store defaults to ``regtune-runs/mlflow.db`` with artifacts under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import RegtuneError
+from .outcome import ranked, short_error, trial_score
 from .space import DefineByRun, SearchSpace
-from .tracking import StudyTracker, sqlite_uri
+from .tracking import StudyTracker, file_lock, sqlite_uri
 
 RUNS = Path("regtune-runs")
 
@@ -44,6 +56,8 @@ class StudyOptions:
     runs_dir: Path = RUNS
     verbose: int = 1
     reuse_actors: bool = True  # a finished trial's worker process (torch imported, dataset mapped) runs the next one
+    promote: bool = False  # after the search, train the top trials to the space's promote: budget
+    command: str = ""  # the command line that started it (echoed with --resume after Ctrl-C)
 
     @property
     def study_name(self) -> str:
@@ -74,6 +88,11 @@ class StudyResult:
     fit_seconds: float = 0.0  # Tuner.fit: first trial start to last trial end
     train_seconds: float = 0.0  # summed over trials: time inside training epochs (incl. validation)
     concurrency: int = 1
+    interrupted: bool = False  # Ctrl-C: unfinished trials are labelled interrupted; --resume continues them
+    study_dir: str = ""
+    promoted: list[dict] = field(default_factory=list)  # one row per promoted trial
+    model: dict = field(default_factory=dict)  # the study's model: run, config/checkpoint paths, test scores
+    notes: list[str] = field(default_factory=list)
 
     def slot_use(self) -> float:
         """Fraction of the trial slots (concurrency x fit time) spent training; the rest is study overhead."""
@@ -87,7 +106,16 @@ class StudyResult:
         return out
 
     def best(self, k: int = 5) -> list[dict]:
-        return sorted(self.trials, key=lambda t: -t.get("score", -math.inf))[:k]
+        """The k best trials (the one ranking: regtune.search.outcome)."""
+        return ranked(self.trials)[:k]
+
+    @property
+    def all_errored(self) -> bool:
+        return bool(self.trials) and all(t["status"] == "error" for t in self.trials)
+
+    def first_error(self) -> str:
+        t = next((t for t in self.trials if t["status"] == "error"), None)
+        return f"trial {t['trial_id']}: {t.get('error') or t.get('reason') or 'failed'}" if t else ""
 
 
 def _init_ray(address: str | None, verbose: int):
@@ -122,7 +150,7 @@ def _slots(space: SearchSpace, total: dict) -> int:
     return max(1, n)
 
 
-def check_resources(space: SearchSpace, ray_mod) -> None:
+def check_resources(space: SearchSpace, ray_mod) -> None:  # noqa: D401
     """Refuse a per-trial request the cluster can never satisfy (instead of pending forever)."""
     total = ray_mod.cluster_resources()
     cpu, gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
@@ -173,14 +201,146 @@ def check_storage(storage: str, n_hosts: int, mounts: str | None = None) -> None
                      f"storage, e.g. --storage-path s3://BUCKET/regtune, gs://BUCKET/regtune or an NFS mount")
 
 
+def reference_point(space: SearchSpace) -> dict[str, Any]:
+    """One setting of the searched parameters: each at its first choice, or the (geometric) middle of its range."""
+    point: dict[str, Any] = {}
+    for p in space.params:
+        if any(point.get(k) != v for k, v in p.when):
+            continue
+        if p.type == "categorical":
+            point[p.key] = p.choices[0]
+        else:
+            mid = math.sqrt(p.low * p.high) if p.log else 0.5 * (p.low + p.high)
+            if p.step:
+                mid = p.low + round((mid - p.low) / p.step) * p.step
+            point[p.key] = int(round(mid)) if p.type == "int" else float(mid)
+    return point
+
+
+def preflight(space: SearchSpace, vols) -> None:
+    """Refuse, before Ray starts, a study in which every trial would fail the same way:
+    the core must accept, on this dataset, at least one of the settings a trial can have
+    (the ``start:`` points and a reference point of the searched ranges): the config, the
+    subject split, the model on these volumes and one loss evaluation. Otherwise the
+    core's own one-line message stops the study."""
+    import torch
+
+    from ..train import split_for
+    from ..trainer import Trainer
+
+    points = [("reference point", reference_point(space))] + [(f"start[{i}]", dict(p)) for i, p in enumerate(space.start)]
+    first = None
+    for where, point in points:
+        try:
+            cfg = space.trial_config(point)
+            split, val_pairs, _ = split_for(cfg, vols)
+            tr = Trainer(cfg, vols, split, "cpu")
+            with torch.no_grad():
+                f, m = val_pairs[0]
+                tr.loss(torch.tensor([f]), torch.tensor([m]))
+            return
+        except RegtuneError as e:
+            first = first or (where, e)
+    if first is not None:
+        raise StudyError(f"{space.source}: every trial would fail ({first[0]}: {first[1]})") from None
+
+
+@contextlib.contextmanager
+def catch_interrupt(tracker_ref: list):
+    """Ctrl-C (SIGINT) as a first-class event: the first one asks Ray Tune to stop (its
+    SIGUSR1 path: trials checkpoint, the experiment state is saved) and marks the study
+    interrupted; a second one stops at once."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    state = {"n": 0}
+
+    def handler(sig, frame):
+        state["n"] += 1
+        for t in tracker_ref:
+            t.interrupted = True
+        if state["n"] == 1:
+            print("\nregtune search: Ctrl-C: stopping the study (running trials are labelled interrupted; "
+                  "Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            if hasattr(signal, "SIGUSR1"):
+                os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler) if _main_thread() else None
+    try:
+        yield state
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _quiet_ray_tune() -> None:
+    """Ray Tune logs each trial error with its traceback and ends with its own
+    ``Tuner.restore(...)`` hint; regtune prints one line per failure and its own command.
+    Ray's own progress output and its TensorBoard logger (which warns on every NaN of a
+    diverged trial) are off; its JSON/CSV result files stay."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        from optuna.exceptions import ExperimentalWarning
+
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    except ImportError:  # pragma: no cover
+        pass
+
+    for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _check_resume(opts: StudyOptions, space: SearchSpace, prev: dict) -> None:
+    if prev.get("space_sha256") and prev["space_sha256"] != space.sha256:
+        raise StudyError(f"{space.source} changed since study '{space.name}' started (sha256 differs); "
+                         f"resume with the original file ({opts.study_dir / 'space.yaml'}) or start a new --name")
+    for key, flag in (("num_samples", "--num-samples"), ("max_concurrent", "--max-concurrent")):
+        was = prev.get("budget", {}).get(key)
+        now = getattr(space.budget, key)
+        if was is not None and was != now:
+            raise StudyError(f"{flag} {now} on --resume: the study was started with {key}={was} and Ray restores its "
+                             f"tuner as started; drop {flag}, or start a new study with --name NEW")
+    if "data" in prev and (prev["data"] or None) != (opts.data or None):
+        raise StudyError(f"--data {opts.data or '(synthetic)'} on --resume: the study was started on "
+                         f"{prev['data'] or 'the synthetic phantoms'}; resume with the same --data")
+
+
+def resume_command(opts: StudyOptions) -> str:
+    """The exact command that continues this study."""
+    if opts.command:
+        cmd = opts.command
+        if "--resume" not in cmd.split():
+            cmd += " --resume"
+        if opts.name is None and "--name" not in cmd.split():
+            cmd += f" --name {opts.study_name}"
+        return cmd
+    parts = ["regtune search", f"--space {opts.space.source}", f"--name {opts.study_name}"]
+    if opts.data:
+        parts.append(f"--data {opts.data}")
+    return " ".join(parts + ["--resume"])
+
+
 def run_study(opts: StudyOptions) -> StudyResult:
-    """Run the study described by ``opts`` to the end (or its time limit)."""
+    """Run (or resume) the study described by ``opts`` to the end, its time limit or Ctrl-C."""
     t0 = time.monotonic()
     space = opts.space
     if opts.name:
         import dataclasses
 
         space = dataclasses.replace(space, name=opts.name)
+    if opts.promote and space.promote is None:
+        raise StudyError(f"{space.source}: --promote needs a promote: block in the space file, e.g. "
+                         f"promote: {{top_k: 2, epochs: {4 * space.base.train.epochs}}}")
     study_dir = opts.study_dir
     exp_path = str(Path(opts.ray_storage) / space.name) if "://" not in opts.ray_storage else f"{opts.ray_storage.rstrip('/')}/{space.name}"
     from ray import tune
@@ -197,21 +357,28 @@ def run_study(opts: StudyOptions) -> StudyResult:
         (study_dir / "study.json").write_text(json.dumps({
             "name": space.name, "space": space.source, "space_sha256": space.sha256, "data": opts.data,
             "tracking_uri": opts.mlflow_uri, "ray_storage": opts.ray_storage, "experiment_path": exp_path,
+            "runs_dir": str(Path(opts.runs_dir).resolve()), "command": opts.command,
+            "budget": {"num_samples": space.budget.num_samples, "max_concurrent": space.budget.max_concurrent},
+            "resources": {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     else:
         prev = json.loads((study_dir / "study.json").read_text()) if (study_dir / "study.json").is_file() else {}
-        if prev.get("space_sha256") and prev["space_sha256"] != space.sha256:
-            raise StudyError(f"{space.source} changed since study '{space.name}' started (sha256 differs); "
-                             f"resume with the original file ({study_dir / 'space.yaml'}) or start a new --name")
+        _check_resume(opts, space, prev)
 
-    # ---- data: loaded and normalised once, shared with every trial -------------------
+    # ---- data: loaded and normalised once, shared with every trial; refused here if no trial could run
     from ..data.source import load_data
+    from .tracking import is_tty
     from .trainable import run_trial, volumes_payload
 
     data_cfg = space.base.with_values({"data.root": opts.data}).data
-    vols = load_data(data_cfg, synthetic_dir=opts.runs_dir / "synthetic", progress=opts.verbose > 0)
+    with file_lock(Path(opts.runs_dir) / "synthetic.lock"):  # two studies at once must not write it twice
+        vols = load_data(data_cfg, synthetic_dir=opts.runs_dir / "synthetic", progress=opts.verbose > 0 and is_tty())
+    if opts.data:
+        space = _with_data_root(space, opts.data)
+    preflight(space, vols)
     payload = volumes_payload(vols)
 
+    _quiet_ray_tune()
     ray = _init_ray(opts.address, opts.verbose)
     check_resources(space, ray)
     hosts = cluster_hosts(ray)
@@ -222,85 +389,122 @@ def run_study(opts: StudyOptions) -> StudyResult:
 
     import optuna
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from .outcome import SCORE_KEY
+    from .searcher import StudySearch, make_sampler, reconcile_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_url = sqlite_uri(study_dir / "optuna.db")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=payload, space=space),
+    work_root = Path(tempfile.gettempdir()) / "regtune-work" / f"{space.name}-{uuid.uuid4().hex[:8]}"
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=payload, space=space, work_root=str(work_root)),
                                     {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     tracker = StudyTracker(space, opts.mlflow_uri, study_dir, artifact_root=None if opts.tracking_uri else (opts.runs_dir / "mlartifacts"),
                            data_desc=opts.data or "synthetic", verbose=opts.verbose > 0)
     parent = tracker.start()
     if opts.resume:
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=False)
+        _use_callbacks(tuner, [tracker, *result_loggers()])
     else:
-        searcher = OptunaSearch(DefineByRun(space.params), metric="score", mode="max",
-                                points_to_evaluate=[dict(p) for p in space.start] or None,
-                                sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=max(4, len(space.start) + 2)),
-                                study_name=space.name, storage=optuna.storages.RDBStorage(storage_url), seed=space.seed)
+        searcher = StudySearch(DefineByRun(space.params), metric=SCORE_KEY, mode="max",
+                               points_to_evaluate=[dict(p) for p in space.start] or None,
+                               sampler=make_sampler(space.seed, len(space.start)),
+                               study_name=space.name, storage=optuna.storages.RDBStorage(storage_url), seed=space.seed)
         epochs = space.base.train.epochs
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(space.budget.grace_period, epochs),
                                   reduction_factor=space.budget.reduction_factor)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric=SCORE_KEY, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=space.budget.num_samples, max_concurrent_trials=space.budget.max_concurrent,
                                         time_budget_s=space.budget.time_limit_minutes * 60 or None,
                                         reuse_actors=opts.reuse_actors),
-            run_config=tune.RunConfig(name=space.name, storage_path=opts.ray_storage, callbacks=[tracker],
+            run_config=tune.RunConfig(name=space.name, storage_path=opts.ray_storage, callbacks=[tracker, *result_loggers()],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       verbose=0),
         )
     fit_slots = _slots(space, ray.cluster_resources())
     t_fit = time.monotonic()
-    grid = tuner.fit()
-    fit_seconds = time.monotonic() - t_fit
-    _close_orphan_optuna_trials(storage_url, space.name)
-    trials, train_s = [], 0.0
-    for r in grid:
-        cfg = {k: v for k, v in (r.config or {}).items()}
-        trials.append(_trial_row(r, cfg, tracker))
-        df = r.metrics_dataframe
-        if df is not None and "epoch_seconds" in df:
-            train_s += float(df["epoch_seconds"].fillna(0).sum())
-    conc = min(space.budget.max_concurrent, fit_slots, max(1, len(trials)))
-    return StudyResult(space.name, trials, exp_path, opts.mlflow_uri, parent, storage_url, time.monotonic() - t0,
-                       fit_seconds, train_s, conc)
+    try:
+        with catch_interrupt([tracker]):
+            tuner.fit()
+        fit_seconds = time.monotonic() - t_fit
+        rows = trial_rows(tracker)
+        reconcile_optuna(storage_url, space.name, rows, tracker.interrupted)
+        train_s = sum(r.get("train_seconds", 0.0) for r in rows)
+        conc = min(space.budget.max_concurrent, fit_slots, max(1, len(rows)))
+        res = StudyResult(space.name, rows, exp_path, opts.mlflow_uri, parent, storage_url, 0.0, fit_seconds, train_s, conc,
+                          interrupted=tracker.interrupted, study_dir=str(study_dir))
+        res._search_trials = tracker.trials_seen
+        if not res.interrupted and not res.all_errored:
+            from .promote import promote_top, write_study_model
+
+            if opts.promote:
+                res.promoted = promote_top(opts, space, res, tracker,
+                                           trainable_args={"data": payload, "work_root": str(work_root)})
+            if not res.interrupted:
+                res.model = write_study_model(opts, space, res, vols)
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)  # trial work folders that a killed worker left behind
+    res.seconds = time.monotonic() - t0
+    return res
 
 
-def _close_orphan_optuna_trials(storage_url: str, name: str) -> int:
-    """Optuna trials left RUNNING by an interrupted driver (Ray re-sampled them) -> FAIL."""
-    import optuna
+def _with_data_root(space: SearchSpace, data: str) -> SearchSpace:
+    """The space whose trial configs record the data folder (so a trial's config is complete)."""
+    import dataclasses
 
-    storage = optuna.storages.RDBStorage(storage_url)
-    study_id = storage.get_study_id_from_name(name)
-    n = 0
-    for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "regtune_orphan", True)
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        n += 1
-    return n
+    root = str(Path(data).resolve()) if "://" not in data else data
+    return dataclasses.replace(space, base=space.base.with_values({"data.root": root}, source="--data"))
 
 
-def _trial_row(r, cfg: dict, tracker: StudyTracker) -> dict:
-    df = r.metrics_dataframe
-    last = r.metrics or {}
-    tid = last.get("trial_id", "")
-    row: dict[str, Any] = {"trial_id": tid, "params": cfg, "epochs": int(last.get("epoch", 0) or 0),
-                           "run_id": tracker.state.get("trials", {}).get(tid, "")}
-    st = str(last.get("status", "running"))
-    recorded = tracker.state.get("final_status", {}).get(tid)  # what MLflow holds for this trial
-    row["status"] = "error" if r.error else (recorded or ("stopped_early" if st == "running" else st))
-    if df is not None and len(df) and "score" in df:
-        i = df["score"].idxmax()
-        for k in ("score", "val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):
-            if k in df:
-                row[k] = float(df.loc[i, k])
-    else:
-        row["score"] = -math.inf
-    row["reason"] = str(last.get("reason", r.error or ""))
-    return row
+def result_loggers() -> list:
+    """Ray's per-trial result.json / progress.csv (the TensorBoard logger is left out)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
+
+
+def _use_callbacks(tuner, callbacks: list) -> None:
+    """A restored Tuner carries the callbacks pickled when the study started; use the fresh
+    tracker (its MLflow state and interrupt flag) instead."""
+    internal = getattr(tuner, "_local_tuner", None)
+    rc = internal.get_run_config() if internal is not None else None
+    if rc is not None:
+        rc.callbacks = callbacks
+
+
+def trial_rows(tracker: StudyTracker, kind_map: str = "trials") -> list[dict]:
+    """One row per Ray trial the tracker saw, with the status and score it recorded in MLflow."""
+    rows = []
+    fs, scores = tracker.state.get("final_status", {}), tracker.state.get("scores", {})
+    runs = tracker.state.get(kind_map, {})
+    for t in getattr(tracker, "trials_seen", []):
+        last = tracker.last.get(t.trial_id) or dict(t.last_result or {})
+        status = fs.get(t.trial_id, "interrupted" if tracker.interrupted else "running")
+        score = scores.get(t.trial_id, trial_score(status, last) if status != "running" else None)
+        row: dict[str, Any] = {"trial_id": t.trial_id, "params": {k: v for k, v in (t.config or {}).items()},
+                               "status": status, "score": score, "epochs": int(last.get("epoch", 0) or 0),
+                               "best_epoch": int(last.get("best_epoch", 0) or 0), "run_id": runs.get(t.trial_id, ""),
+                               "reason": str(last.get("reason", "")), "train_seconds": tracker.epoch_seconds.get(t.trial_id, 0.0)}
+        for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):
+            v = last.get(f"best_{k}")
+            if isinstance(v, (int, float)):
+                row[k] = float(v)
+        if status == "error":
+            row["error"] = _trial_error(t)
+        rows.append(row)
+    return rows
+
+
+def _trial_error(t) -> str:
+    try:
+        p = Path(t.local_path) / "error.txt"
+        if p.is_file():
+            return short_error(p.read_text())
+    except Exception:  # noqa: BLE001
+        pass
+    return short_error(getattr(t, "error_msg", None) or "failed")
 
 
 def format_table(res: StudyResult, k: int = 50) -> str:
@@ -309,17 +513,34 @@ def format_table(res: StudyResult, k: int = 50) -> str:
     lines.append(f"study '{res.name}': {len(res.trials)} trials in {res.seconds / 60:.1f} min  "
                  + "  ".join(f"{s}={n}" for s, n in sorted(counts.items())))
     if res.fit_seconds > 0 and math.isfinite(res.slot_use()):
-        lines.append(f"time: {res.seconds - res.fit_seconds:.0f} s set-up (data, Ray, MLflow), {res.fit_seconds:.0f} s of trials at "
-                     f"{res.concurrency} concurrent; {100 * res.slot_use():.0f}% of trial slots spent training, "
+        lines.append(f"time: {res.seconds - res.fit_seconds:.0f} s outside the search's trials (data, Ray, MLflow, promotion, "
+                     f"test scores), {res.fit_seconds:.0f} s of trials at {res.concurrency} concurrent; "
+                     f"{100 * res.slot_use():.0f}% of trial slots spent training, "
                      f"{100 * (1 - res.slot_use()):.0f}% start-up/scheduling/checkpoint overhead")
-    hdr = f"{'trial':10s} {'status':16s} {'ep':>3s} {'score':>7s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold%':>6s}  params"
+    lines.append("score = the objective of each trial's best epoch (its best.pt); diverged trials score -1e9")
+    hdr = f"{'trial':12s} {'status':15s} {'ep':>3s} {'best':>4s} {'score':>8s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold%':>6s}  params"
     lines.append(hdr)
     for t in res.best(k):
-        p = ", ".join(f"{a.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{a.split('.')[-1]}={v}" for a, v in t["params"].items())
-        lines.append(f"{t['trial_id']:10s} {t['status']:16s} {t['epochs']:3d} {t.get('score', math.nan):7.4f} "
-                     f"{t.get('val_dice', math.nan):6.3f} {t.get('val_hd95', math.nan):6.2f} {t.get('val_sdlogj', math.nan):6.3f} "
-                     f"{t.get('val_folding_pct', math.nan):6.3f}  {p}")
+        lines.append(_row_line(t))
+    if res.promoted:
+        lines.append("promoted (full budget):")
+        lines.append(hdr)
+        for t in ranked(res.promoted):
+            lines.append(_row_line(t))
     return "\n".join(lines)
 
 
-__all__ = ["StudyOptions", "StudyResult", "StudyError", "run_study", "format_table", "check_resources"]
+def _row_line(t: dict) -> str:
+    p = ", ".join(f"{a.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{a.split('.')[-1]}={v}"
+                  for a, v in t["params"].items() if not a.startswith("regtune."))
+    if t["params"].get("regtune.promote_from"):
+        p = f"from {t['params']['regtune.promote_from']}: " + p
+    sc = t.get("score")
+    return (f"{t['trial_id']:12s} {t['status']:15s} {t['epochs']:3d} {t.get('best_epoch', 0):4d} "
+            f"{(f'{sc:8.4f}' if sc is not None and sc > -1e8 else ('   -1e9 ' if sc is not None else '      — '))} "
+            f"{t.get('val_dice', math.nan):6.3f} {t.get('val_hd95', math.nan):6.2f} {t.get('val_sdlogj', math.nan):6.3f} "
+            f"{t.get('val_folding_pct', math.nan):6.3f}  {p}")
+
+
+__all__ = ["StudyOptions", "StudyResult", "StudyError", "run_study", "format_table", "check_resources", "preflight",
+           "resume_command", "trial_rows"]

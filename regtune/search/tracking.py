@@ -1,17 +1,21 @@
 """MLflow tracking of a study, from the driver, as one Ray Tune callback.
 
-One parent run per study (space file, its hash, budget, best result) and one nested run
-per trial (parameters, per-epoch metrics with steps, final/best metrics, the status as
-a tag, best checkpoint + figures as artifacts). This is the only logging mechanism: no
-MLflow calls inside trials and no Ray MLflowLoggerCallback, so nothing is logged twice.
-The trial -> run mapping is persisted in the study folder, so a resumed study keeps
-writing to the same runs.
+One parent run per study (space file, its hash, budget, best trial, the study's model)
+and one nested run per trial (parameters, per-epoch metrics with steps, best/final
+metrics, the status as a tag, best checkpoint + figures as artifacts); promoted trials
+are nested runs too, tagged ``regtune.kind=promoted``. This is the only logging
+mechanism: no MLflow calls inside trials and no Ray MLflowLoggerCallback, so nothing is
+logged twice. The trial -> run mapping is persisted in the study folder, so a resumed
+study keeps writing to the same runs. Statuses and scores come from
+:mod:`regtune.search.outcome` (the one definition of best).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from .outcome import SCORE_KEY, final_status, ranked, trial_score
 from .space import SearchSpace
 
 STATUS_TAG = "regtune.status"
@@ -30,22 +35,68 @@ def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (fcntl) held for the block; other processes wait."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient whose store exists. A local SQLite store is created (schema and
+    migrations) under a file lock next to it: two studies started at once in a fresh
+    folder would otherwise race on the schema (``duplicate column name``)."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    db = Path(uri[len("sqlite:///"):])
+    with file_lock(db.with_name(db.name + ".lock")):  # MlflowClient creates (and migrates) the store in its constructor
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class StudyTracker(tune.Callback):
+    """``kind``: ``trial`` (the search) or ``promoted`` (promotion of the top trials)."""
+
     def __init__(self, space: SearchSpace, tracking_uri: str, study_dir: Path, artifact_root: Path | None = None,
-                 data_desc: str = "", verbose: bool = True):
+                 data_desc: str = "", verbose: bool = True, kind: str = "trial", interval: float = 30.0):
         self.space = space
         self.uri = tracking_uri
         self.study_dir = Path(study_dir)
         self.artifact_root = artifact_root
         self.data_desc = data_desc
         self.verbose = verbose
+        self.kind = kind
         self.state_file = self.study_dir / "mlflow.json"
         self.client: MlflowClient | None = None
         self.state: dict[str, Any] = {}
         self.last: dict[str, dict] = {}
-        self.best: dict[str, dict] = {}
-        self.table_every = 30.0
-        self._last_table = 0.0
+        self.interrupted = False  # set by the driver on Ctrl-C
+        self.trials_seen: list = []  # Ray's trials, as of the experiment's end
+        self.extra_params: dict[str, dict] = {}  # promoted trials: source trial id -> its searched values
+        self.epoch_seconds: dict[str, float] = {}
+        self.interval = interval  # seconds between progress lines (and tables on a terminal)
+        self._last_print = 0.0
+        self._t0 = time.monotonic()
+
+    @property
+    def _map(self) -> dict[str, str]:
+        return self.state.setdefault("trials" if self.kind == "trial" else "promoted", {})
 
     # ---- set-up ---------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -62,7 +113,7 @@ class StudyTracker(tune.Callback):
 
     def start(self) -> str:
         """Create (or reopen, on resume) the experiment and the parent run; returns its id."""
-        self.client = MlflowClient(self.uri)
+        self.client = open_client(self.uri)
         if self.state_file.is_file():
             self.state = json.loads(self.state_file.read_text())
         name = self.space.name
@@ -85,13 +136,14 @@ class StudyTracker(tune.Callback):
             params = {"space_file": self.space.source, "space_sha256": self.space.sha256, "data": self.data_desc,
                       "num_samples": b.num_samples, "max_concurrent": b.max_concurrent, "grace_period": b.grace_period,
                       "reduction_factor": b.reduction_factor, "time_limit_minutes": b.time_limit_minutes,
-                      "cpu_per_trial": r.cpu, "gpu_per_trial": r.gpu, "objective": f"{o.mode} {o.metric}",
-                      "folding_limit_pct": o.folding_limit_pct, "folding_penalty": o.folding_penalty, "seed": self.space.seed}
+                      "cpu_per_trial": r.cpu, "gpu_per_trial": r.gpu, "objective": o.describe(),
+                      "folding_limit_pct": o.folding_limit_pct, "folding_penalty": o.folding_penalty, "seed": self.space.seed,
+                      "optuna_storage": sqlite_uri(self.study_dir / "optuna.db"), "study_dir": str(self.study_dir)}
             self.client.log_batch(parent, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
             self.client.log_text(parent, self.space.text, "space.yaml")
         else:
             self.client.update_run(parent, status="RUNNING")
-        self.state.setdefault("trials", {})
+        self._map
         self._save()
         return parent
 
@@ -105,23 +157,34 @@ class StudyTracker(tune.Callback):
         self._ensure()
         assert self.client is not None
         tid = trial.trial_id
-        if tid in self.state["trials"]:
-            return self.state["trials"][tid]
-        run = self.client.create_run(self.state["experiment_id"], run_name=f"trial {tid}", tags={
-            "mlflow.parentRunId": self.state["parent_run_id"], "regtune.kind": "trial", "regtune.study": self.space.name,
-            "regtune.trial_id": tid, STATUS_TAG: "running", "regtune.searched": ",".join(trial.config)})
+        if tid in self._map:
+            return self._map[tid]
+        src = (trial.config or {}).get("regtune.promote_from")
+        config = {**self.extra_params.get(src, {}), **(trial.config or {})}
+        tags = {"mlflow.parentRunId": self.state["parent_run_id"], "regtune.kind": self.kind,
+                "regtune.study": self.space.name, "regtune.trial_id": tid, STATUS_TAG: "running",
+                "regtune.searched": ",".join(k for k in config if not k.startswith("regtune."))}
+        if src:
+            tags["regtune.promoted_from"] = str(src)
+        run = self.client.create_run(self.state["experiment_id"],
+                                     run_name=f"{'promoted ' + str(src) if src else 'trial ' + tid}", tags=tags)
         rid = run.info.run_id
-        params = [Param(k, str(v)) for k, v in trial.config.items()]
-        base = {k: v for k, v in self.space.base.flat().items() if k not in trial.config}
+        params = [Param(k, str(v)) for k, v in config.items()]
+        base = {k: v for k, v in self.space.base.flat().items() if k not in config}
         params += [Param(k, str(v)) for k, v in base.items()]
         self.client.log_batch(rid, params=params)
-        self.state["trials"][tid] = rid
+        self._map[tid] = rid
         self._save()
         return rid
 
     # ---- Ray callbacks --------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        rid = self._run_id(trial)
+        if trial.trial_id in self.state.get("interrupted", []):  # continued after --resume
+            self.state["interrupted"].remove(trial.trial_id)
+            self._save()
+            self.client.update_run(rid, status="RUNNING")
+            self.client.set_tag(rid, STATUS_TAG, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rid = self._run_id(trial)
@@ -130,21 +193,45 @@ class StudyTracker(tune.Callback):
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and _tracked(k) and math.isfinite(float(v))]
         tags = [RunTag(STATUS_TAG, str(result.get("status", "running")))]
-        if result.get("node_id"):  # where the trial ran (after a retry: where it runs now)
-            tags += [RunTag("regtune.node_id", str(result["node_id"])), RunTag("regtune.node_ip", str(result.get("node_ip", "")))]
+        for k in ("node_id", "device", "gpu_ids"):
+            if result.get(k):  # where the trial ran (after a retry: where it runs now)
+                tags.append(RunTag(f"regtune.{k}", str(result[k])))
         if result.get("resumed_from_epoch"):
             tags.append(RunTag("regtune.resumed_from_epoch", str(result["resumed_from_epoch"])))
         self.client.log_batch(rid, metrics=metrics, tags=tags)
         self.last[trial.trial_id] = dict(result)
-        b = self.best.get(trial.trial_id)
-        if b is None or result.get("score", -math.inf) > b.get("score", -math.inf):
-            self.best[trial.trial_id] = dict(result)
-        if self.verbose and time.monotonic() - self._last_table > self.table_every:
-            self.print_table(trials)
-        elif self.verbose:
-            print(f"[{trial.trial_id}] epoch {step}: score {result.get('score', math.nan):.4f}  val Dice "
-                  f"{result.get('val_dice', math.nan):.4f}  fold {result.get('val_folding_pct', math.nan):.3f}%  "
-                  f"{result.get('status')}", flush=True)
+        self.epoch_seconds[trial.trial_id] = self.epoch_seconds.get(trial.trial_id, 0.0) + float(result.get("epoch_seconds", 0.0))
+        self.progress(trials, trial, result)
+
+    def progress(self, trials, trial=None, result=None, force: bool = False) -> None:
+        """On a terminal: one line per epoch and a table every ``interval`` s. Otherwise
+        (a log file, CI): one summary line per ``interval`` s and nothing in between."""
+        if not self.verbose:
+            return
+        now = time.monotonic()
+        due = force or now - self._last_print >= self.interval
+        if is_tty():
+            if due:
+                self.print_table(trials)
+            elif trial is not None and result is not None:
+                print(f"[{trial.trial_id}] epoch {result.get('epoch')}: score {result.get('score', math.nan):.4f}  "
+                      f"best {result.get(SCORE_KEY, math.nan):.4f}  val Dice {result.get('val_dice', math.nan):.4f}  "
+                      f"fold {result.get('val_folding_pct', math.nan):.3f}%  {result.get('status')}", flush=True)
+            return
+        if not due:
+            return
+        self._last_print = now
+        counts: dict[str, int] = {}
+        for t in trials:
+            st = t.status if t.status in ("RUNNING", "PENDING", "PAUSED") else self.state.get("final_status", {}).get(
+                t.trial_id, t.status.lower())
+            counts[st.lower()] = counts.get(st.lower(), 0) + 1
+        rows = [{"trial_id": t.trial_id, "score": self.last.get(t.trial_id, {}).get(SCORE_KEY)} for t in trials]
+        best = next((r for r in ranked(rows) if r["score"] is not None), None)
+        what = "promotion" if self.kind == "promoted" else "study"
+        print(f"{time.strftime('%H:%M:%S')} {what} '{self.space.name}' {(now - self._t0) / 60:.1f} min: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+              + (f"; best {best['score']:.4f} (trial {best['trial_id']})" if best else ""), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)
@@ -153,61 +240,65 @@ class StudyTracker(tune.Callback):
         self._finish(trial, failed=True)
 
     def on_experiment_end(self, trials, **info):
+        self.trials_seen = list(trials)
         self.finish_study(trials)
 
     def print_table(self, trials) -> None:
         """A compact live table: one row per trial, best score first."""
-        self._last_table = time.monotonic()
+        self._last_print = time.monotonic()
         rows = []
         for t in trials:
             last = self.last.get(t.trial_id, {})
-            best = self.best.get(t.trial_id, {})
-            st = str(last.get("status", "pending")) if t.status in ("RUNNING", "PENDING", "PAUSED") else self.final_status(t, t.status == "ERROR")
+            st = str(last.get("status", "pending")) if t.status in ("RUNNING", "PENDING", "PAUSED") else \
+                self.state.get("final_status", {}).get(t.trial_id, t.status.lower())
             p = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                          for k, v in (t.config or {}).items())
-            rows.append((best.get("score", -math.inf), f"{t.trial_id:10s} {t.status:10s} {st:15s} {int(last.get('epoch', 0)):3d} "
-                         f"{best.get('score', math.nan):7.4f} {last.get('val_dice', math.nan):6.3f} "
-                         f"{last.get('val_folding_pct', math.nan):6.3f}  {p}"))
+                          for k, v in (t.config or {}).items() if not k.startswith("regtune."))
+            rows.append({"trial_id": t.trial_id, "score": last.get(SCORE_KEY),
+                         "line": f"{t.trial_id:10s} {t.status:10s} {st:15s} {int(last.get('epoch', 0)):3d} "
+                                 f"{last.get(SCORE_KEY, math.nan):7.4f} {last.get('val_dice', math.nan):6.3f} "
+                                 f"{last.get('val_folding_pct', math.nan):6.3f}  {p}"})
         print(f"\n{'trial':10s} {'ray':10s} {'status':15s} {'ep':>3s} {'best':>7s} {'Dice':>6s} {'fold%':>6s}  params", flush=True)
-        for _, line in sorted(rows, key=lambda r: -r[0] if math.isfinite(r[0]) else math.inf):
-            print(line, flush=True)
+        for r in ranked(rows):
+            print(r["line"], flush=True)
 
     # ---- completion -----------------------------------------------------------
-    def final_status(self, trial, failed: bool, override: str | None = None) -> str:
-        last = self.last.get(trial.trial_id) or (trial.last_result or {})
-        status = str(last.get("status", "running"))
-        if failed:
-            return "error"
-        if override and status == "running":
-            return override
-        if status == "running":  # ended without a final status: the scheduler stopped it
-            return "stopped_early"
-        return status
-
-    def _finish(self, trial, failed: bool, override: str | None = None) -> None:
+    def _finish(self, trial, failed: bool, interrupted: bool = False) -> None:
         rid = self._run_id(trial)
-        status = self.final_status(trial, failed, override)
-        self.state.setdefault("final_status", {})[trial.trial_id] = status
-        self.state.setdefault("finished", [])
-        if trial.trial_id not in self.state["finished"]:
-            self.state["finished"].append(trial.trial_id)
-            self._save()
         last = self.last.get(trial.trial_id) or (trial.last_result or {})
-        best = self.best.get(trial.trial_id) or last
-        tags = {STATUS_TAG: status, "regtune.reason": str(last.get("reason", ""))[:5000]}
+        status = final_status(last if last.get("epoch") is not None else None, failed, interrupted)
+        score = trial_score(status, last)
+        self.state.setdefault("final_status", {})[trial.trial_id] = status
+        self.state.setdefault("scores", {})[trial.trial_id] = score
+        if status == "interrupted":
+            lst = self.state.setdefault("interrupted", [])
+            if trial.trial_id not in lst:
+                lst.append(trial.trial_id)
+        else:
+            lst = self.state.setdefault("finished", [])
+            if trial.trial_id not in lst:
+                lst.append(trial.trial_id)
+        self._save()
+        reason = str(last.get("reason", ""))
+        if status == "stopped_early":
+            reason = reason or "stopped by ASHA (or the study's time limit) before its full budget"
+        if failed and getattr(trial, "error_file", None):
+            reason = _error_line(trial) or reason
+        tags = {STATUS_TAG: status, "regtune.reason": reason[:5000]}
         summary = {}
-        for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "score"):
-            if isinstance(best.get(k), (int, float)) and math.isfinite(best[k]):
-                summary[f"best_{k}"] = float(best[k])
-            if isinstance(last.get(k), (int, float)) and math.isfinite(last[k]):
-                summary[f"final_{k}"] = float(last[k])
-        if "epoch" in best:
-            summary["best_epoch"] = float(best["epoch"])
+        if score is not None:
+            summary["best_score"] = score
+        for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):  # best_*: the epoch of best.pt
+            for pre in ("best_", "final_"):
+                v = last.get(f"best_{k}") if pre == "best_" else last.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    summary[f"{pre}{k}"] = float(v)
+        if isinstance(last.get("best_epoch"), (int, float)) and last["best_epoch"] > 0:
+            summary["best_epoch"] = float(last["best_epoch"])
         ts = int(time.time() * 1000)
         self.client.log_batch(rid, metrics=[Metric(k, v, ts, 0) for k, v in summary.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
         ck = trial.checkpoint
-        if ck is not None:
+        if ck is not None and status != "interrupted":
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     d = Path(ck.to_directory(tmp))
@@ -218,9 +309,10 @@ class StudyTracker(tune.Callback):
                         self.client.log_artifacts(rid, str(d / "figures"), artifact_path="figures")
             except Exception as e:  # artifacts are a convenience; never crash the study for them
                 self.client.set_tag(rid, "regtune.artifact_error", f"{type(e).__name__}: {e}"[:5000])
-        self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
-        if self.verbose:
-            print(f"[{trial.trial_id}] finished: {status}  best score {best.get('score', math.nan):.4f}", flush=True)
+        self.client.set_terminated(rid, status="FAILED" if failed else "KILLED" if status in ("interrupted", "cancelled")
+                                   else "FINISHED")
+        if self.verbose and is_tty():
+            print(f"[{trial.trial_id}] finished: {status}  score {score if score is not None else math.nan:.4f}", flush=True)
 
     def reconcile(self, trials) -> list[str]:
         """After a resume: MLflow runs of trials that the interrupted driver had started
@@ -228,12 +320,14 @@ class StudyTracker(tune.Callback):
         dropped from the mapping, so runs and Ray trials stay one-to-one."""
         assert self.client is not None
         live = {t.trial_id for t in trials}
-        orphans = [tid for tid in self.state.get("trials", {}) if tid not in live]
+        orphans = [tid for tid in self._map if tid not in live]
         for tid in orphans:
-            rid = self.state["trials"].pop(tid)
+            rid = self._map.pop(tid)
             self.client.set_tag(rid, STATUS_TAG, "interrupted")
             self.client.set_tag(rid, "regtune.orphan", "true")
             self.client.set_terminated(rid, status="KILLED")
+            if tid in self.state.get("interrupted", []):
+                self.state["interrupted"].remove(tid)
         if orphans:
             self.state.setdefault("orphans", []).extend(orphans)
             self._save()
@@ -243,42 +337,64 @@ class StudyTracker(tune.Callback):
         self._ensure()
         assert self.client is not None
         self.reconcile(trials)
-        # trials Ray ended without a completion callback (the study's time limit): close them too
+        # trials Ray ended without a completion callback: on Ctrl-C they are interrupted
         for t in trials:
-            if t.trial_id in self.state["trials"] and t.trial_id not in self.state.get("finished", []) \
-                    and t.status not in ("PENDING",):
-                self._finish(t, failed=t.status == "ERROR", override="time_limit")
+            if t.trial_id not in self.state.get("finished", []) and t.trial_id not in self.state.get("interrupted", []):
+                if self.interrupted:
+                    if t.trial_id in self._map or self.last.get(t.trial_id):
+                        self._finish(t, failed=False, interrupted=True)
+                    else:
+                        self.state.setdefault("interrupted", []).append(t.trial_id)
+                        self._save()
+                elif t.trial_id in self._map:
+                    self._finish(t, failed=t.status == "ERROR")
+        if self.kind != "trial":
+            return
+        self.summarise_parent(trials)
+
+    def summarise_parent(self, trials) -> None:
         parent = self.state["parent_run_id"]
+        fs = self.state.get("final_status", {})
         statuses: dict[str, int] = {}
-        best_score, best_trial = -math.inf, None
+        rows = []
         for t in trials:
-            st = self.final_status(t, failed=t.status == "ERROR", override="time_limit")
+            st = fs.get(t.trial_id, "interrupted" if self.interrupted else "running")
             statuses[st] = statuses.get(st, 0) + 1
-            b = self.best.get(t.trial_id) or (t.last_result or {})
-            if b.get("score", -math.inf) > best_score:
-                best_score, best_trial = b.get("score"), t
+            rows.append({"trial_id": t.trial_id, "score": self.state.get("scores", {}).get(t.trial_id)})
         metrics = {f"trials_{k}": float(v) for k, v in statuses.items()}
         metrics["trials_total"] = float(len(trials))
-        if best_trial is not None:
-            b = self.best.get(best_trial.trial_id) or {}
-            metrics["best_score"] = float(best_score)
+        best = next((r for r in ranked(rows) if r["score"] is not None), None)
+        if best is not None:
+            metrics["best_score"] = float(best["score"])
+            run = self.client.get_run(self._map[best["trial_id"]])
             for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):
-                if isinstance(b.get(k), (int, float)) and math.isfinite(b[k]):
-                    metrics[f"best_{k}"] = float(b[k])
-            self.client.set_tag(parent, "regtune.best_trial", best_trial.trial_id)
-            self.client.set_tag(parent, "regtune.best_run_id", self.state["trials"].get(best_trial.trial_id, ""))
+                if f"best_{k}" in run.data.metrics:
+                    metrics[f"best_{k}"] = float(run.data.metrics[f"best_{k}"])
+            self.client.set_tag(parent, "regtune.best_trial", best["trial_id"])
+            self.client.set_tag(parent, "regtune.best_run_id", self._map.get(best["trial_id"], ""))
         ts = int(time.time() * 1000)
         self.client.log_batch(parent, metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()])
-        unfinished = any(t.status in ("PENDING", "RUNNING", "PAUSED") for t in trials)
+        unfinished = self.interrupted or any(t.status in ("PENDING", "RUNNING", "PAUSED") for t in trials)
         self.client.set_terminated(parent, status="KILLED" if unfinished else "FINISHED")
 
 
+def _error_line(trial) -> str:
+    from .outcome import short_error
+
+    try:
+        p = Path(trial.local_path) / "error.txt"
+        return short_error(p.read_text()) if p.is_file() else ""
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 def _tracked(key: str) -> bool:
-    return key.startswith(("train_", "val_")) or key in ("score", "epoch_seconds", "figure_seconds", "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
+    return key.startswith(("train_", "val_")) or key in ("best_epoch",) or key in ("score", SCORE_KEY, "epoch_seconds", "figure_seconds",
+                                                          "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
 
 
 def open_ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-__all__ = ["StudyTracker", "sqlite_uri", "open_ui_command"]
+__all__ = ["StudyTracker", "sqlite_uri", "open_ui_command", "open_client", "file_lock", "is_tty"]

@@ -75,7 +75,9 @@ def write_space(path: Path) -> Path:
         "objective": {"metric": "val_loss", "mode": "min"},
         # grace = epochs: no early stopping here, every trial runs to the end (the kill lands mid-trial)
         "budget": {"num_samples": N_TRIALS, "max_concurrent": 2, "grace_period": EPOCHS, "reduction_factor": 2},
-        "resources": {"cpu": 1, "gpu": 1},  # one logical GPU per trial: one trial per node at a time
+        # one CPU per trial on 1-CPU nodes: one trial per node at a time (the nodes' logical GPUs are left
+        # unused: a trial that asks for a GPU must get a real one, see test_cli_study)
+        "resources": {"cpu": 1, "gpu": 0},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -50,19 +49,31 @@ def test_diagnose_classifies_planted_trials_and_names_lr(planted):
     d, client = diagnose(res.tracking_uri, "planted")
     by = {(round(t.params["train.lr"], 6), round(t.params["loss.reg_weight"], 6)): t for t in d.trials}
     assert by[(0.5, 0.1)].cls in DIVERGED and by[(0.2, 1.0)].cls in DIVERGED
-    assert by[(0.003, 10000.0)].cls == "no motion (over-regularised or lr too small)", by[(0.003, 10000.0)]
+    from regtune.search.diagnose.analysis import NO_MOTION, no_motion_cause
+
+    assert by[(0.003, 10000.0)].cls == NO_MOTION, by[(0.003, 10000.0)]
     assert by[(0.003, 0.1)].cls == "converged"
-    assert d.separators[0]["param"] == "train.lr" and d.separators[0]["accuracy"] == 1.0
+    s = d.separators[0]
+    assert s["param"] == "train.lr" and s["accuracy"] == 1.0 and s["correct"] == s["n"] == 5 and s["baseline"] == 3
     assert next(iter(d.importance_divergence)) == "train.lr"
+    # read from the persisted optuna.db, with the evaluator named and seeded
+    assert "optuna.db" in d.importance_source and "seed=0" in d.importance_source and "fANOVA" in d.importance_source
+    assert no_motion_cause(d.no_motion_rules) == "over-regularised"
     report = write_report(d, client, tmp / "diag")
     assert report.is_file() and (tmp / "diag" / "next_space.yaml").is_file()
     nxt = yaml.safe_load((tmp / "diag" / "next_space.yaml").read_text())
     assert nxt["params"]["train.lr"]["high"] < 0.2  # the diverging region is cut out
-    for png in ("curves_by_class.png", "parallel_coordinates.png", "importances.png", "dice_vs_params.png"):
-        assert (tmp / "diag" / png).stat().st_size > 1000
+    for png in ("curves_by_class.png", "parallel_coordinates.png", "dice_vs_params.png", "optuna_importances.png",
+                "optuna_slice.png", "optuna_history.png"):
+        assert (tmp / "diag" / png).stat().st_size > 1000, png
+    md = (tmp / "diag" / "report.md").read_text()
+    assert "majority baseline" in md and "over-regularised" in md
 
 
-def test_evaluate_top_reproduces_val_dice_and_logs_test_metrics(planted):
+def test_evaluate_top_scores_the_test_split_and_reproduces_val_dice(planted, tmp_path):
+    import csv
+    import json
+
     from mlflow.tracking import MlflowClient
 
     from regtune.search.top import evaluate_top
@@ -74,7 +85,26 @@ def test_evaluate_top_reproduces_val_dice_and_logs_test_metrics(planted):
     scores = [client.get_run(r.run_id).data.metrics["best_score"] for r in top]
     assert len(top) == 2 and scores[0] >= scores[1]
     for r in top:
-        assert math.isfinite(r.val_dice) and abs(r.summary["dice"] - r.val_dice) <= 0.005
         run = client.get_run(r.run_id)
-        assert abs(run.data.metrics["test_dice"] - r.summary["dice"]) < 1e-9
+        assert r.prefix == "test" and abs(run.data.metrics["test_dice"] - r.summary["dice"]) < 1e-9
         assert len(list((tmp / "fields" / r.trial_id).glob("disp_*.nii.gz"))) == len(r.rows)
+    # the checkpoint reproduces its validation Dice on its own val pairs (scored, labelled, as not held out)
+    split = json.loads(Path(client.download_artifacts(top[0].run_id, "checkpoint/split.json", str(tmp_path))).read_text())
+    val_csv = tmp_path / "val.csv"
+    with val_csv.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["fixed", "moving"], *split["val_pairs"]])
+    _, again = evaluate_top(res.tracking_uri, "planted", 1, opts.data, str(val_csv), progress=False, allow_overlap=True)
+    assert again[0].prefix == "overlap" and abs(again[0].summary["dice"] - again[0].val_dice) <= 0.005
+
+
+def test_too_short_is_told_apart_from_no_motion():
+    from regtune.search.diagnose.analysis import NO_MOTION, TOO_SHORT, TrialInfo, classify
+
+    def trial(curve):
+        t = TrialInfo("t", "r", {}, "completed", "", {"best_val_dice": max(curve), "best_val_folding_pct": 0.0})
+        t.history["val_dice"] = list(enumerate(curve, 1))
+        return t
+
+    assert classify(trial([0.600, 0.602, 0.609, 0.615]), 0.60, 0.5) == TOO_SHORT  # still rising: more steps would move it
+    assert classify(trial([0.600, 0.601, 0.600, 0.601]), 0.60, 0.5) == NO_MOTION  # flat: over-regularised or stuck
+    assert classify(trial([0.600, 0.700, 0.750, 0.760]), 0.60, 0.5) == "converged"

@@ -38,10 +38,51 @@ def test_shipped_spaces_parse(path):
 
 
 def test_objective_score_penalises_folding_and_divergence():
+    from regtune.objective import DIVERGED_SCORE, SCORE_MIN
+
     s = parse_space({**GOOD, "objective": {"metric": "val_dice", "folding_limit_pct": 0.5, "folding_penalty": 0.1}}, "x")
     assert s.objective.score({"val_dice": 0.8, "val_folding_pct": 0.2}) == pytest.approx(0.8)
     assert s.objective.score({"val_dice": 0.8, "val_folding_pct": 2.5}) == pytest.approx(0.6)
-    assert s.objective.score({"val_dice": math.nan, "val_folding_pct": math.nan}) == 0.0
+    assert s.objective.score({"val_dice": math.nan, "val_folding_pct": math.nan}) == DIVERGED_SCORE
+    # the diverged floor is below every finished score, whatever the folding penalty
+    harsh = parse_space({**GOOD, "objective": {"metric": "val_hd95", "mode": "min", "folding_penalty": 1e12}}, "x")
+    worst = harsh.objective.score({"val_hd95": 1e30, "val_folding_pct": 100.0})
+    assert worst == SCORE_MIN > DIVERGED_SCORE
+
+
+def test_objective_sets_the_trials_best_checkpoint_rule():
+    """One definition of best: the space's objective becomes train.best_* of every trial,
+    so best.pt is the epoch the study scores the trial by."""
+    s = parse_space({**GOOD, "objective": {"metric": "val_hd95", "mode": "min", "folding_limit_pct": 1.0,
+                                           "folding_penalty": 0.5}}, "x")
+    t = s.trial_config({"train.lr": 0.01, "loss.similarity": "mse"}).train
+    assert (t.best_metric, t.best_mode, t.best_folding_limit_pct, t.best_folding_penalty) == ("val_hd95", "min", 1.0, 0.5)
+    with pytest.raises(SpaceError, match="base.train.best_metric.*objective"):
+        parse_space({**GOOD, "base": {"train.best_metric": "val_loss"}}, "x")
+    with pytest.raises(SpaceError, match="diverged_score.*is gone"):
+        parse_space({**GOOD, "objective": {"metric": "val_dice", "diverged_score": 0.0}}, "x")
+
+
+def test_promote_block_and_resource_overrides():
+    s = parse_space({**GOOD, "promote": {"top_k": 2, "minutes": 5}}, "x")
+    assert s.promote.top_k == 2 and s.promote.minutes == 5 and s.promote.mode == "continue"
+    for doc, frag in (({"top_k": 1}, "one of epochs"), ({"epochs": 2}, "promote.epochs"), ({"epochs": 9, "mode": "x"}, "promote.mode"),
+                      ({"epochs": 9, "k": 1}, "promote.k")):
+        with pytest.raises(SpaceError, match=frag):
+            parse_space({**GOOD, "promote": doc}, "x")
+    o = s.with_overrides(cpu=2, gpu=0.25, num_samples=3)
+    assert (o.resources.cpu, o.resources.gpu, o.budget.num_samples) == (2, 0.25, 3)
+    with pytest.raises(SpaceError, match="--gpus-per-trial.*resources.gpu"):
+        s.with_overrides(gpu=1.5)
+    with pytest.raises(SpaceError, match="--cpus-per-trial.*resources.cpu"):
+        s.with_overrides(cpu=0)
+
+
+def test_tpe_is_multivariate_grouped_and_lies_for_running_trials():
+    from regtune.search.searcher import make_sampler
+
+    tpe = make_sampler(seed=3, n_start=2)
+    assert tpe._multivariate and tpe._group and tpe._constant_liar
 
 
 def bad(**changes):

@@ -1,10 +1,19 @@
 """Diagnose, part 1: read a study back and analyse it (no plotting, no report text).
 
-Sources: MLflow (per-trial status, metric histories, figures), the persisted Optuna study
-(for parameter importance) and the space file. Every trial gets one class; parameter
-importance is computed for the objective and for divergence with Optuna's importance
-API; a decision stump per parameter names the threshold that separates diverged from
-converged trials; and a narrowed next space is proposed.
+Sources: MLflow (per-trial status, metric histories, figures), the study's persisted
+Optuna storage (``optuna.db``: the study Optuna actually ran, with each trial's value and
+regtune status) and the space file. Every trial gets one class; parameter importance for
+the objective and for divergence is Optuna's fANOVA evaluator (seeded with the space's
+seed) on the persisted study; a decision stump per parameter names the threshold that
+separates diverged from the other trials, reported against the majority-class baseline
+with trial counts; and a narrowed next space is proposed.
+
+Too short vs over-regularised: a trial that ended within ``NO_MOTION_MARGIN`` of the
+no-registration Dice is "too short (still improving)" when its validation Dice was still
+rising over its last epochs (more steps would have moved it), and "no motion" when its
+curve is flat; the report then names the parameter rule that separates the no-motion
+trials from the others (a high regularisation weight: over-regularised; a low learning
+rate: too small a step).
 """
 
 from __future__ import annotations
@@ -21,12 +30,15 @@ from ...errors import RegtuneError
 from ..space import SearchSpace, parse_space
 
 DIVERGED = ("diverged (NaN/inf)", "diverged (loss rising)", "collapsed")
-CLASSES = ("converged", "stopped early", "no motion (over-regularised or lr too small)", "folding", *DIVERGED, "error", "interrupted",
-           "unfinished")
-COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", "no motion (over-regularised or lr too small)": "#1f77b4",
+NO_MOTION = "no motion (flat at no-registration Dice)"
+TOO_SHORT = "too short (still improving)"
+CLASSES = ("converged", "stopped early", TOO_SHORT, NO_MOTION, "folding", *DIVERGED, "error", "interrupted", "unfinished")
+COLOURS = {"converged": "#2ca02c", "stopped early": "#9e9e9e", NO_MOTION: "#1f77b4", TOO_SHORT: "#9467bd",
            "folding": "#ff7f0e", "diverged (NaN/inf)": "#d62728", "diverged (loss rising)": "#e377c2",
            "collapsed": "#000000", "error": "#8c564b", "interrupted": "#bcbd22", "unfinished": "#17becf"}
 NO_MOTION_MARGIN = 0.02
+RISING = 0.005  # Dice gained over the last epochs that counts as "still improving"
+REG_KEYS = ("loss.reg_weight", "loss.regulariser", "loss.jacobian_weight", "loss.ic_weight", "model.int_steps")
 
 
 @dataclass
@@ -52,6 +64,9 @@ class Diagnosis:
     separators: list[dict]
     safe_ranges: dict[str, Any]
     next_space: dict
+    importance_source: str = ""  # which study and evaluator the importances come from
+    no_motion_rules: list[dict] = field(default_factory=list)
+    optuna_study: Any = None  # the persisted optuna.Study (None when optuna.db is not reachable)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -72,6 +87,15 @@ def _typed(space: SearchSpace, key: str, raw: str) -> Any:
     return int(float(raw)) if p.type == "int" else float(raw)
 
 
+def still_improving(t: TrialInfo) -> bool:
+    """The val Dice rose over the last epochs (best at the end): the trial ran out of steps."""
+    h = [v for _, v in t.history.get("val_dice", []) if math.isfinite(v)]
+    if len(h) < 2:
+        return False
+    tail = h[-3:]
+    return tail[-1] >= max(h) - 1e-9 and tail[-1] - tail[0] >= RISING
+
+
 def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
     st = t.status
     if st == "diverged_nan":
@@ -84,14 +108,14 @@ def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
         return "error"
     if st == "interrupted":
         return "interrupted"
-    if st in ("running", "time_limit") and "best_val_dice" not in t.metrics:
+    if st in ("running", "time_limit", "cancelled") and "best_val_dice" not in t.metrics:
         return "unfinished"
     dice = t.metrics.get("best_val_dice", math.nan)
     fold = t.metrics.get("best_val_folding_pct", t.metrics.get("final_val_folding_pct", 0.0))
     if math.isfinite(fold) and fold > folding_limit:
         return "folding"
     if math.isfinite(noreg_dice) and math.isfinite(dice) and dice < noreg_dice + NO_MOTION_MARGIN:
-        return "no motion (over-regularised or lr too small)" if st == "completed" else "stopped early"
+        return TOO_SHORT if still_improving(t) else NO_MOTION
     if st == "stopped_early":
         return "stopped early"
     return "converged"
@@ -146,38 +170,88 @@ def _distributions(space: SearchSpace):
     return out
 
 
-def importances(space: SearchSpace, trials: list[TrialInfo], value: str) -> dict[str, float]:
-    """Optuna parameter importance of ``value`` ("score" or "diverged") over the trials."""
+FANOVA = "fANOVA (optuna.importance.FanovaImportanceEvaluator, 64 trees, seed={seed})"
+
+
+def _clipped_value(study):
+    """Objective target for importances/plots: a diverged trial (-1e9) sits just below the
+    worst finished trial instead of flattening every other difference."""
+    from ...objective import is_diverged_score
+
+    vals = [t.value for t in study.get_trials(deepcopy=False) if t.value is not None and not is_diverged_score(t.value)]
+    floor = (min(vals) - 0.1 * (max(vals) - min(vals) or 1.0)) if vals else 0.0
+    return lambda t: floor if t.value is None or is_diverged_score(t.value) else t.value
+
+
+def importances(space: SearchSpace, trials: list[TrialInfo], value: str, study=None) -> dict[str, float]:
+    """Optuna parameter importance of ``value`` ("score" or "diverged"): fANOVA, seeded,
+    on the persisted study when given (else on a study rebuilt from the trial list)."""
     import optuna
+    from optuna.importance import FanovaImportanceEvaluator
+
+    from ..outcome import DIVERGED_STATUSES
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    dists = _distributions(space)
-    study = optuna.create_study(direction="maximize")
-    vals = []
-    for t in trials:
-        if t.cls in ("error", "interrupted", "unfinished"):
-            continue
-        v = float(t.cls in DIVERGED) if value == "diverged" else t.metrics.get("best_score", t.metrics.get("final_score", math.nan))
-        if not math.isfinite(v):
-            v = space.objective.diverged_score
-        params = {k: v_ for k, v_ in t.params.items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=v))
-        vals.append(v)
+    if study is None:
+        study = rebuilt_study(space, trials)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if value == "diverged":
+        target = lambda t: float(t.user_attrs.get("regtune_status") in DIVERGED_STATUSES)  # noqa: E731
+    else:
+        target = _clipped_value(study)
+    vals = [target(t) for t in done]
     if len(vals) < 3 or len(set(vals)) < 2:
         return {}
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        return dict(optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=space.seed),
+                                                            target=target))
     except (RuntimeError, ValueError):
         return {}
 
 
-def separators(space: SearchSpace, trials: list[TrialInfo]) -> list[dict]:
-    """Per parameter, the single threshold (or category set) that best separates diverged
-    from non-diverged trials, best first."""
+def rebuilt_study(space: SearchSpace, trials: list[TrialInfo]):
+    """An in-memory Optuna study from MLflow (only where the persisted optuna.db is not reachable)."""
+    import optuna
+
+    from ...objective import DIVERGED_SCORE
+
+    dists = _distributions(space)
+    study = optuna.create_study(direction="maximize")
+    for t in trials:
+        if t.cls in ("error", "interrupted", "unfinished"):
+            continue
+        v = t.metrics.get("best_score", math.nan)
+        if not math.isfinite(v) or t.cls in DIVERGED:
+            v = DIVERGED_SCORE
+        params = {k: v_ for k, v_ in t.params.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=v,
+                                                  user_attrs={"regtune_status": t.status, "ray_trial_id": t.trial_id}))
+    return study
+
+
+def load_optuna(storage: str | None, name: str):
+    """The persisted study, or None (with the reason) when it cannot be opened."""
+    if not storage:
+        return None, "no optuna.db recorded for this study"
+    import optuna
+
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        return None, f"{storage[len('sqlite:///'):]} not found"
+    try:
+        return optuna.load_study(study_name=name, storage=storage), ""
+    except Exception as e:  # noqa: BLE001
+        return None, f"{storage}: {type(e).__name__}: {e}"
+
+
+def separators(space: SearchSpace, trials: list[TrialInfo], classes: tuple[str, ...] = DIVERGED) -> list[dict]:
+    """Per parameter, the single threshold (or category set) that best separates the trials
+    of ``classes`` (default: diverged) from the others, best first. Each rule carries its
+    trial counts and the majority-class baseline (predicting the larger group for every
+    trial); ``beats_baseline`` says whether the rule explains anything."""
     rows = []
     ts = [t for t in trials if t.cls not in ("error", "interrupted", "unfinished")]
-    y = np.array([t.cls in DIVERGED for t in ts])
-    if y.all() or not y.any():
+    y = np.array([t.cls in classes for t in ts])
+    if len(ts) < 2 or y.all() or not y.any():
         return []
     for p in space.params:
         have = [(t.params[p.key], yi) for t, yi in zip(ts, y) if p.key in t.params]
@@ -185,36 +259,51 @@ def separators(space: SearchSpace, trials: list[TrialInfo]) -> list[dict]:
             continue
         vals = [h[0] for h in have]
         lab = np.array([h[1] for h in have])
+        n, base = len(lab), int(max(lab.sum(), (~lab).sum()))
         if p.type == "categorical":
             cats = sorted({repr(v) for v in vals})
             rate = {c: float(np.mean([lab[i] for i, v in enumerate(vals) if repr(v) == c])) for c in cats}
             bad = [c for c in cats if rate[c] > 0.5]
             pred = np.array([repr(v) in bad for v in vals])
-            acc = float((pred == lab).mean())
-            rows.append({"param": p.key, "accuracy": acc, "rule": f"{p.key} in {{{', '.join(bad)}}}" if bad else "none",
-                         "detail": ", ".join(f"{c}: {100 * rate[c]:.0f}% diverged" for c in cats)})
+            correct = int((pred == lab).sum())
+            rows.append({"param": p.key, "accuracy": correct / n, "correct": correct, "n": n, "baseline": base,
+                         "beats_baseline": correct > base, "rule": f"{p.key} in {{{', '.join(bad)}}}" if bad else "none",
+                         "detail": ", ".join(f"{c}: {100 * rate[c]:.0f}%" for c in cats)})
             continue
         x = np.array(vals, dtype=float)
         order = np.unique(x)
-        best = (0.0, None, None)
+        best = (-1, None, None)
         for i in range(len(order) - 1):
             thr = math.sqrt(order[i] * order[i + 1]) if p.log and order[i] > 0 else (order[i] + order[i + 1]) / 2
             for above in (True, False):
-                pred = x >= thr if above else x < thr
-                acc = float((pred == lab).mean())
-                if acc > best[0]:
-                    best = (acc, thr, above)
+                correct = int(((x >= thr if above else x < thr) == lab).sum())
+                if correct > best[0]:
+                    best = (correct, thr, above)
         if best[1] is not None:
-            acc, thr, above = best
-            side = lab == (x >= thr if above else x < thr)
-            rows.append({"param": p.key, "accuracy": acc, "threshold": thr, "diverges_above": above,
+            correct, thr, above = best
+            rows.append({"param": p.key, "accuracy": correct / n, "correct": correct, "n": n, "baseline": base,
+                         "beats_baseline": correct > base, "threshold": thr, "diverges_above": above,
                          "rule": f"{p.key} {'>=' if above else '<'} {thr:.3g}",
-                         "detail": f"{int(side.sum())}/{len(x)} trials on the predicted side"})
-    return sorted(rows, key=lambda r: -r["accuracy"])
+                         "detail": f"{correct}/{n} trials on the predicted side"})
+    return sorted(rows, key=lambda r: (-r["correct"], r["param"]))
+
+
+def no_motion_cause(rules: list[dict]) -> str:
+    """Name the cause of the no-motion trials from the rule that separates them best."""
+    good = [r for r in rules if r["beats_baseline"]]
+    if not good:
+        return ""
+    r = good[0]
+    key, above = r["param"], r.get("diverges_above")
+    if key in REG_KEYS and above in (True, None):
+        return "over-regularised"
+    if key == "train.lr" and above is False:
+        return "learning rate too small"
+    return f"set apart by {key}"
 
 
 def safe_ranges(space: SearchSpace, trials: list[TrialInfo]) -> dict[str, Any]:
-    ok = [t for t in trials if t.cls in ("converged", "stopped early", "folding", "no motion (over-regularised or lr too small)")]
+    ok = [t for t in trials if t.cls in ("converged", "stopped early", "folding", NO_MOTION, TOO_SHORT)]
     out: dict[str, Any] = {}
     for p in space.params:
         vals = [t.params[p.key] for t in ok if p.key in t.params]
@@ -264,7 +353,10 @@ def next_space(space: SearchSpace, trials: list[TrialInfo]) -> dict:
     return doc
 
 
-def diagnose(tracking_uri: str, name: str, space_text: str | None = None) -> tuple[Diagnosis, Any]:
+def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
+             optuna_storage: str | None = None) -> tuple[Diagnosis, Any]:
+    """Read study ``name`` back: MLflow for the trials, the persisted ``optuna.db`` (the
+    parent run records where; ``optuna_storage`` overrides) for the importances."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -287,10 +379,20 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None) -> tup
     noreg = _noreg(trials)
     for t in trials:
         t.cls = classify(t, noreg, space.objective.folding_limit_pct)
+    storage = optuna_storage or runs[0].data.params.get("optuna_storage")
+    study, why = load_optuna(storage, name)
     d = Diagnosis(space, parent, trials, noreg, {}, {}, [], {}, {})
-    d.importance_objective = importances(space, trials, "score")
-    d.importance_divergence = importances(space, trials, "diverged")
+    d.optuna_study = study
+    if study is not None:
+        n = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        d.importance_source = f"{FANOVA.format(seed=space.seed)} on the persisted study {storage} ({n} COMPLETE trials)"
+    else:
+        d.importance_source = (f"{FANOVA.format(seed=space.seed)} on a study rebuilt from MLflow, because the persisted "
+                               f"Optuna storage could not be opened ({why})")
+    d.importance_objective = importances(space, trials, "score", study)
+    d.importance_divergence = importances(space, trials, "diverged", study)
     d.separators = separators(space, trials)
+    d.no_motion_rules = separators(space, [t for t in trials if t.cls not in DIVERGED], classes=(NO_MOTION,))
     d.safe_ranges = safe_ranges(space, trials)
     d.next_space = next_space(space, trials)
     return d, client

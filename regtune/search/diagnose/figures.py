@@ -120,3 +120,39 @@ def plot_parallel(d: Diagnosis, path: Path) -> Path:
     ax.set_ylabel("position in searched range")
     ax.set_title("parallel coordinates (red/pink/black = diverged or collapsed)")
     return _save(plt, fig, path)
+
+
+def optuna_plots(d: Diagnosis, out: Path) -> list[Path]:
+    """Optuna's matplotlib plots of the persisted study: parameter importances (the same
+    seeded fANOVA evaluator as the report's numbers), slice and optimisation history (the
+    diverged floor drawn just below the worst finished trial). Empty without optuna.db."""
+    study = d.optuna_study
+    if study is None or sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)) < 2:
+        return []
+    import warnings
+
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as ovm
+
+    from .analysis import _clipped_value
+
+    plt = _plt()
+    target = _clipped_value(study)
+    name = f"score ({d.space.objective.describe()})"
+    made = []
+    jobs = [("optuna_history.png", lambda: ovm.plot_optimization_history(study, target=target, target_name=name)),
+            ("optuna_slice.png", lambda: ovm.plot_slice(study, target=target, target_name=name))]
+    if d.importance_objective:
+        jobs.insert(0, ("optuna_importances.png", lambda: ovm.plot_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=d.space.seed), target=target, target_name=name)))
+    for fname, make in jobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = make()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+            fig.set_size_inches(max(6.0, fig.get_size_inches()[0]), 4.0)
+            made.append(_save(plt, fig, out / fname))
+        except Exception:  # noqa: BLE001 - a plot Optuna cannot draw for this study is left out
+            plt.close("all")
+    return made
