@@ -198,23 +198,25 @@ def optuna_storage_of(runs_dir: str, study: str | None) -> tuple[str, str]:
 
 
 def optuna_dashboard_command(storage: str, port: int) -> list[str]:
+    import shutil
+
     exe = Path(sys.executable).with_name("optuna-dashboard")
-    return [str(exe) if exe.is_file() else "optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(port)]
+    exe = str(exe) if exe.is_file() else (shutil.which("optuna-dashboard") or "optuna-dashboard")
+    return [exe, storage, "--host", "127.0.0.1", "--port", str(port)]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     if args.optuna:
         from ..errors import RegtuneError
 
         storage, study = optuna_storage_of(args.runs_dir, args.study)
         port = args.port or 8080
         cmd = optuna_dashboard_command(storage, port)
-        if cmd[0] == "optuna-dashboard" and not __import__("shutil").which("optuna-dashboard"):
+        if cmd[0] == "optuna-dashboard":
             raise RegtuneError("optuna-dashboard is not installed; pip install 'regtune[study]' (it is in the study extra)")
-        print(f"Optuna Dashboard on http://127.0.0.1:{port}  (study '{study}', {storage}); Ctrl-C to stop", file=sys.stderr)
-        return subprocess.call(cmd)
+        print(f"Optuna Dashboard on http://127.0.0.1:{port}  (study '{study}', {storage}); Ctrl-C to stop", file=sys.stderr,
+              flush=True)
+        return _serve(cmd)
     if args.study:
         from ..errors import ConfigError
 
@@ -222,8 +224,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = default_uri(args.runs_dir, args.tracking_uri)
     port = args.port or 5000
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    print(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C to stop", file=sys.stderr)
-    return subprocess.call(cmd)
+    print(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    return _serve(cmd)
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run a UI server in this process's place (its pid is regtune ui's: stopping one stops the other)."""
+    import os
+    import subprocess
+
+    if hasattr(os, "execv"):
+        os.execv(cmd[0], cmd)
+    return subprocess.call(cmd)  # pragma: no cover
 
 
 def config_from_study(args: argparse.Namespace) -> str:

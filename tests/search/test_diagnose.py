@@ -59,6 +59,7 @@ def test_diagnose_classifies_planted_trials_and_names_lr(planted):
     # read from the persisted optuna.db, with the evaluator named and seeded
     assert "optuna.db" in d.importance_source and "seed=0" in d.importance_source and "fANOVA" in d.importance_source
     assert no_motion_cause(d.no_motion_rules) == "over-regularised"
+    assert d.no_motion_why[by[(0.003, 10000.0)].trial_id].startswith("over-regularised (loss.reg_weight=1e+04")
     report = write_report(d, client, tmp / "diag")
     assert report.is_file() and (tmp / "diag" / "next_space.yaml").is_file()
     nxt = yaml.safe_load((tmp / "diag" / "next_space.yaml").read_text())

@@ -66,6 +66,7 @@ class Diagnosis:
     next_space: dict
     importance_source: str = ""  # which study and evaluator the importances come from
     no_motion_rules: list[dict] = field(default_factory=list)
+    no_motion_why: dict[str, str] = field(default_factory=dict)  # trial id -> its cause
     optuna_study: Any = None  # the persisted optuna.Study (None when optuna.db is not reachable)
 
     def counts(self) -> dict[str, int]:
@@ -288,6 +289,29 @@ def separators(space: SearchSpace, trials: list[TrialInfo], classes: tuple[str, 
     return sorted(rows, key=lambda r: (-r["correct"], r["param"]))
 
 
+def no_motion_causes(space: SearchSpace, trials: list[TrialInfo]) -> dict[str, str]:
+    """Per no-motion trial, why it did not move, from where it sits against the trials that
+    did move: a regularisation weight above all of theirs is over-regularisation, a learning
+    rate below all of theirs too small a step."""
+    moved = [t for t in trials if t.cls in ("converged", "stopped early", "folding", TOO_SHORT)]
+    out: dict[str, str] = {}
+    for t in trials:
+        if t.cls != NO_MOTION:
+            continue
+        why = []
+        for p in space.params:
+            vals = [m.params[p.key] for m in moved if isinstance(m.params.get(p.key), (int, float))]
+            v = t.params.get(p.key)
+            if not vals or not isinstance(v, (int, float)) or p.type == "categorical":
+                continue
+            if p.key in REG_KEYS and v > max(vals):
+                why.append(f"over-regularised ({p.key}={v:.3g} above {max(vals):.3g}, the largest that moved)")
+            elif p.key == "train.lr" and v < min(vals):
+                why.append(f"learning rate too small ({p.key}={v:.3g} below {min(vals):.3g}, the smallest that moved)")
+        out[t.trial_id] = "; ".join(why) or "cause not identified by its parameters"
+    return out
+
+
 def no_motion_cause(rules: list[dict]) -> str:
     """Name the cause of the no-motion trials from the rule that separates them best."""
     good = [r for r in rules if r["beats_baseline"]]
@@ -393,6 +417,7 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
     d.importance_divergence = importances(space, trials, "diverged", study)
     d.separators = separators(space, trials)
     d.no_motion_rules = separators(space, [t for t in trials if t.cls not in DIVERGED], classes=(NO_MOTION,))
+    d.no_motion_why = no_motion_causes(space, trials)
     d.safe_ranges = safe_ranges(space, trials)
     d.next_space = next_space(space, trials)
     return d, client

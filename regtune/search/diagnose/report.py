@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..amortised import report_figures as amortised_figures
 from ..outcome import rank_key
 from .analysis import COLOURS, DIVERGED, NO_MOTION, TOO_SHORT, Diagnosis, no_motion_cause
 from .figures import optuna_plots, plot_curves, plot_importances, plot_parallel, plot_scatter
@@ -53,12 +54,14 @@ def explain(d: Diagnosis) -> list[str]:
         lines.append("No trial diverged: the searched region is stable.")
     nm = [t for t in d.trials if t.cls == NO_MOTION]
     if nm:
+        causes: dict[str, list[str]] = {}
+        for t in nm:
+            causes.setdefault(d.no_motion_why.get(t.trial_id, "").split(" (")[0] or "cause not identified", []).append(t.trial_id)
         cause = no_motion_cause(d.no_motion_rules)
         rule = next((r for r in d.no_motion_rules if r["beats_baseline"]), None)
-        lines.append(f"{len(nm)} trial(s) stayed flat at the no-registration Dice ({d.noreg_dice:.3f})"
-                     + (f": **{cause}**, {_rule(rule)}" if cause and rule else
-                        " and no parameter rule sets them apart from the others (over-regularised or too small a "
-                        "learning rate cannot be told apart here)") + ".")
+        lines.append(f"{len(nm)} trial(s) stayed flat at the no-registration Dice ({d.noreg_dice:.3f}): "
+                     + "; ".join(f"**{c}**: {', '.join(ids)}" for c, ids in causes.items())
+                     + (f" (the best single rule, {_rule(rule)}, points to {cause})" if cause and rule else "") + ".")
     ts = [t for t in d.trials if t.cls == TOO_SHORT]
     if ts:
         lines.append(f"{len(ts)} trial(s) were **too short**, not over-regularised: near the no-registration Dice but still "
@@ -94,6 +97,7 @@ def write_report(d: Diagnosis, client, out_dir: Path) -> Path:
     # Optuna's own plots of the persisted study where they fit (importances, slice, history); regtune's
     # class-coloured plots above where Optuna's cannot colour by class
     figs += optuna_plots(d, out) or [plot_importances(d, out / "importances.png")]
+    figs += amortised_figures(d.trials, client, out)  # amortised trials: their curves against the loss weight
     overlays = []
     best = next(iter(_ranked([t for t in d.trials if t.cls not in DIVERGED])), None)
     div = next((t for t in d.trials if t.cls in DIVERGED and t.cls == "collapsed"), None) or \
@@ -118,7 +122,7 @@ def write_report(d: Diagnosis, client, out_dir: Path) -> Path:
     for t in _ranked(d.trials):
         md.append(f"| {t.trial_id} | {t.cls} | {t.status} | {t.metrics.get('best_val_dice', math.nan):.3f} | "
                   f"{t.metrics.get('best_val_folding_pct', math.nan):.3f} | {len(t.history.get('val_dice', []))} | "
-                  f"{_fmt_params(t.params)} | {t.reason[:90]} |")
+                  f"{_fmt_params(t.params)} | {(d.no_motion_why.get(t.trial_id) or t.reason)[:120]} |")
     md += ["", "## Which parameters separate diverged from the other trials", "",
            "| parameter | rule | right side | majority baseline | beats it | detail |", "|---|---|---|---|---|---|"]
     md += [f"| {s['param']} | `{s['rule']}` | {s['correct']}/{s['n']} | {s['baseline']}/{s['n']} | "
