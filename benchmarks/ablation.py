@@ -39,10 +39,10 @@ LOCK = "/tmp/regtune-cpu.lock"  # timed measurements take turns on this machine'
 LONG_LOCK = "/tmp/regtune-long.lock"  # long runs take turns too (two at once only thrash 2 cores)
 
 
-def _run(cmd: list[str], log: Path, timed: bool = False) -> None:
+def _run(cmd: list[str], log: Path, timed: bool = False, lane: str = LONG_LOCK) -> None:
     """Timed commands hold the CPU lock; the rest (step-budgeted training, scoring) run one
-    at a time at the lowest priority: their results do not depend on how long they take."""
-    cmd = ["flock", LOCK, *cmd] if timed else ["flock", LONG_LOCK, "nice", "-n", "19", *cmd]
+    per lane at a lower priority: their results do not depend on how long they take."""
+    cmd = ["flock", LOCK, *cmd] if timed else ["flock", lane, "nice", "-n", "10", *cmd]
     with log.open("a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
@@ -51,7 +51,8 @@ def _run(cmd: list[str], log: Path, timed: bool = False) -> None:
         raise SystemExit(f"command failed ({rc}), see {log}: {' '.join(cmd)}")
 
 
-def run_recipe(name: str, spec: str, data: str, minutes: float, out: Path, py: str, ref: list[str]) -> dict:
+def run_recipe(name: str, spec: str, data: str, minutes: float, out: Path, py: str, ref: list[str],
+               lane: str = LONG_LOCK) -> dict:
     run = out / name
     run.mkdir(parents=True, exist_ok=True)
     log = run / "log.txt"
@@ -69,12 +70,13 @@ def run_recipe(name: str, spec: str, data: str, minutes: float, out: Path, py: s
         epochs = max(1, round(steps / spe))
         if not (run / "train" / "result.json").is_file():
             _run([py, "-m", "regtune.cli", "train", "--data", data, "--out", str(run / "train"), "--quiet", "--config", ref[1],
-                  *[a for s in sets for a in ("--set", s)], "--set", f"train.epochs={epochs}"], log)
+                  *[a for s in sets for a in ("--set", s)], "--set", f"train.epochs={epochs}"], log, lane=lane)
         ck = str(run / "train" / "best.pt")
         steps = epochs * spe
     ev = run / "eval"
     if not (ev / "summary.json").is_file():
-        _run([py, "-m", "regtune.cli", "evaluate", "--checkpoint", ck, "--data", data, "--out", str(ev), "--quiet"], log)
+        _run([py, "-m", "regtune.cli", "evaluate", "--checkpoint", ck, "--data", data, "--out", str(ev), "--quiet"], log,
+             lane=lane)
     s = json.loads((ev / "summary.json").read_text())
     row = {"recipe": name, "spec": spec, "steps": steps if steps is not None else s.get("steps"), "pairs": s["pairs"],
            "pairs_are": s["pairs_are"], **{k: s["registered"].get(k) for k, _, _ in COLUMNS}}
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-config", required=True, metavar="YAML", help="the reference recipe the step times are relative to")
     p.add_argument("--ref-step", type=float, required=True, help="its s/step on an idle machine")
     p.add_argument("--ref-val", type=float, required=True, help="its s per validation on an idle machine")
+    p.add_argument("--lane", default=LONG_LOCK, help="lock file of this run's lane: runs of one lane go one at a time "
+                   "(two lanes = two trainings at once; training.threads=1 each pays on 2 cores)")
     a = p.parse_args(argv)
     ref = ["--ref-config", a.ref_config, "--ref-step", str(a.ref_step), "--ref-val", str(a.ref_val)]
     out = Path(a.out)
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in a.recipe:
         name, _, spec = r.partition("=")
-        rows.append(run_recipe(name, spec, a.data, a.minutes, out, sys.executable, ref))
+        rows.append(run_recipe(name, spec, a.data, a.minutes, out, sys.executable, ref, a.lane))
         (out / "ablation.json").write_text(json.dumps(rows, indent=1))
         (out / "ablation.md").write_text(table(rows, a.minutes) + "\n")
         print(table(rows, a.minutes), flush=True)
