@@ -340,12 +340,8 @@ class StudyTracker(tune.Callback):
         # trials Ray ended without a completion callback: on Ctrl-C they are interrupted
         for t in trials:
             if t.trial_id not in self.state.get("finished", []) and t.trial_id not in self.state.get("interrupted", []):
-                if self.interrupted:
-                    if t.trial_id in self._map or self.last.get(t.trial_id):
-                        self._finish(t, failed=False, interrupted=True)
-                    else:
-                        self.state.setdefault("interrupted", []).append(t.trial_id)
-                        self._save()
+                if self.interrupted:  # a trial Ray had not started yet gets its run too: Optuna already has it
+                    self._finish(t, failed=False, interrupted=True)
                 elif t.trial_id in self._map:
                     self._finish(t, failed=t.status == "ERROR")
         if self.kind != "trial":
@@ -389,8 +385,10 @@ def _error_line(trial) -> str:
 
 
 def _tracked(key: str) -> bool:
-    return key.startswith(("train_", "val_")) or key in ("best_epoch",) or key in ("score", SCORE_KEY, "epoch_seconds", "figure_seconds",
-                                                          "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
+    # lambda.* / best_lambda.*: the weight an amortised trial's search chose (ref_val_*: at the reference weight)
+    return key.startswith(("train_", "val_", "lambda.", "best_lambda.", "ref_val_", "weight_search_")) \
+        or key in ("best_epoch",) or key in ("score", SCORE_KEY, "epoch_seconds", "figure_seconds",
+                                             "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
 
 
 def open_ui_command(uri: str) -> str:
