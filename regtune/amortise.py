@@ -147,13 +147,25 @@ def parse_assignments(items: Iterable[str], source: str = "--set") -> dict[str, 
     return out
 
 
-def choose(cfg, values: Mapping[str, Any], source: str = "--set", checkpoint: str = "checkpoint") -> dict[str, float]:
-    """The value of every amortised weight for inference: ``values`` where given, the
-    reference value elsewhere. Refuses (one line, :class:`ConfigError`) a key that is not
-    amortised -- for an ordinary checkpoint, any loss weight: it is baked into the
-    weights -- and a value outside the trained range."""
+LAMBDA_PREFIX = "lambda."  # metrics key of a chosen weight: lambda.loss.reg_weight
+
+
+def chosen_in(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Weights recorded as chosen in a checkpoint's metrics (an amortised study trial's
+    best epoch records the weight its search picked); empty when none."""
+    return {k[len(LAMBDA_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(LAMBDA_PREFIX)}
+
+
+def choose(cfg, values: Mapping[str, Any], source: str = "--set", checkpoint: str = "checkpoint",
+           defaults: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The value of every amortised weight for inference: ``values`` where given, else
+    ``defaults`` (e.g. the weight a study trial chose), else the reference value. Refuses
+    (one line, :class:`ConfigError`) a key that is not amortised -- for an ordinary
+    checkpoint, any loss weight: it is baked into the weights -- and a value outside the
+    trained range."""
     rs = {r.key: r for r in ranges_of(cfg)}
-    out = {k: r.reference for k, r in rs.items()}
+    out = {k: (float(defaults[k]) if defaults and k in defaults and r.contains(float(defaults[k])) else r.reference)
+           for k, r in rs.items()}
     for key, raw in values.items():
         if key not in rs:
             if not rs:

@@ -45,15 +45,17 @@ def model_for(ck, device, overrides: list[str], checkpoint: str = "checkpoint", 
 
     Refuses (ConfigError, one line) a weight outside the trained range, a key that is not
     amortised, and any ``--set`` on an ordinary checkpoint (its weights are baked in)."""
-    from .amortise import choose, describe, parse_assignments
+    from .amortise import choose, chosen_in, describe, parse_assignments
 
-    values = choose(ck.config, parse_assignments(overrides), checkpoint=checkpoint)
+    recorded = chosen_in(ck.metrics)
+    values = choose(ck.config, parse_assignments(overrides), checkpoint=checkpoint, defaults=recorded)
     model = ck.model(device)
     if values:
         model.conditioner.set_values(values)
         if not quiet:
             given = {k.split("=", 1)[0].strip() for k in overrides}
-            how = "" if given >= set(values) else " (unset: the middle of the trained range)"
+            how = "" if given >= set(values) else (" (unset: the weight its study trial chose)" if recorded
+                                                   else " (unset: the middle of the trained range)")
             print(f"amortised checkpoint: registering at {describe(values)}{how}", file=sys.stderr)
     return model, values
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .amortise import metadata as amortise_metadata
+from .amortise import chosen_in, metadata as amortise_metadata
 from .config import Config
 from .errors import CheckpointError, ConfigError
 from .model import RegNet
@@ -32,6 +32,8 @@ class Checkpoint:
     def model(self, device: torch.device | str = "cpu") -> RegNet:
         net = build_model(self.config)  # with its conditioner when the run amortised loss weights
         net.load_state_dict(self.state_dict)
+        if net.conditioner is not None and chosen_in(self.metrics):  # a study trial's chosen weight, else the reference
+            net.conditioner.set_values(chosen_in(self.metrics))
         return net.to(device).eval()
 
 

@@ -46,6 +46,9 @@ def _config(args: argparse.Namespace):
         overrides.append(f"data.root={args.data}")
     if getattr(args, "max_minutes", None) is not None:
         overrides.append(f"train.max_minutes={args.max_minutes}")
+    from .amortise_cli import amortise_override
+
+    overrides += amortise_override(args)  # regtune train --amortise KEY=LOW:HIGH[:log]
     return Config.load(args.config, overrides)
 
 
@@ -95,6 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if res.best_checkpoint:
         print(f"checkpoint: {res.best_checkpoint}\nnext: regtune evaluate --checkpoint {res.best_checkpoint}"
               + (f" --data {cfg.data.root}" if cfg.data.root else ""))
+        if cfg.amortise.ranges:
+            print(f"amortised over {' '.join(cfg.amortise.ranges)}: choose the weight with regtune search-weights "
+                  f"--checkpoint {res.best_checkpoint}, or pass --set KEY=VALUE to evaluate/register")
     return 0 if res.status == "completed" else 1
 
 
@@ -161,6 +167,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _refuse_unused(args, "evaluate")
     if args.top:
+        if args.overrides:
+            raise ConfigError("--set chooses the loss weight of one amortised --checkpoint; it does not apply to --top")
         return cmd_evaluate_top(args)
     if not args.checkpoint:
         raise ConfigError("give --checkpoint PT, or --top K to re-evaluate a study's best trials")
@@ -174,7 +182,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vols = _load_eval_volumes(args, cfg)
     pairs, what = _pairs(args, ck, vols)
     device = pick_device(args.device)
-    model = ck.model(device)
+    from .amortise_cli import model_for
+
+    model, weights = model_for(ck, device, args.overrides, args.checkpoint, quiet=args.quiet)  # --set KEY=VALUE
     rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, progress=not args.quiet,
                           channels_last=device.type == "cpu", with_consistency=True)
     base_rows = evaluate_pairs(None, vols, pairs)
@@ -189,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     s, b = summarise(rows), summarise(base_rows)
     import json
     (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs), "pairs_are": what,
-                                                  "epoch": ck.epoch, "steps": ck.extra.get("steps"),
+                                                  "loss_weights": weights, "epoch": ck.epoch, "steps": ck.extra.get("steps"),
                                                   "registered": s, "no_registration": b}, indent=1))
     print(f"{len(pairs)} pairs: {what}  ({out / 'pairs.csv'})")
     print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else ""))
@@ -236,7 +246,10 @@ def cmd_register(args: argparse.Namespace) -> int:
         pairs, _ = _pairs(args, ck, vols)
     device = pick_device(args.device)
     writer = FieldWriter(args.out, vols, images=not args.fields_only, naming=args.naming, fmt=args.format)
-    rows = evaluate_pairs(ck.model(device), vols, pairs, cfg.data.downsample, device, on_field=writer,
+    from .amortise_cli import model_for
+
+    model, _ = model_for(ck, device, args.overrides, args.checkpoint, quiet=args.quiet)  # --set KEY=VALUE
+    rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, on_field=writer,
                           with_hd95=False, progress=not args.quiet)
     for r in rows:
         extra = f"  Dice {_fmt(r['dice'])}" if r["dice"] == r["dice"] else ""
@@ -286,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: regtune train --data ../shared/data/learn2reg-hippocampus --max-minutes 15 "
                               "--set loss.reg_weight=1.0")
     _add_config_args(t)
+    from .amortise_cli import add_amortise_arg, add_commands as add_weight_commands, add_set_arg
+
+    add_amortise_arg(t)
     t.add_argument("--out", metavar="DIR", help="run folder (default regtune-runs/train-<time>)")
     t.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (sets train.max_minutes)")
     t.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
@@ -309,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  regtune evaluate --top 3 --study real-cpu --data DATA --pairs heldout.csv --export-fields fields/")
     e.add_argument("--checkpoint", metavar="PT")
     data_args(e)
+    add_set_arg(e)
     e.add_argument("--out", metavar="DIR", help="where pairs.csv and summary.json go (default: next to the checkpoint)")
     e.add_argument("--top", type=int, metavar="K", help="re-evaluate the K best trials of a study (from MLflow)")
     e.add_argument("--study", metavar="NAME", help="with --top: the study (default: the most recent)")
@@ -324,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "grid, warped(x) = moving(x + u(x)).")
     r.add_argument("--checkpoint", required=True, metavar="PT")
     data_args(r)
+    add_set_arg(r)
     r.add_argument("--fixed", metavar="NII")
     r.add_argument("--moving", metavar="NII")
     r.add_argument("--fixed-label", metavar="NII")
@@ -355,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amplitude", type=float, default=3.0, help="peak displacement in voxels")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
+
+    add_weight_commands(sub)  # regtune search-weights
 
     try:
         from .search.cli import add_commands

@@ -184,7 +184,8 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device | str = "cpu",
           on_epoch: Callable[[EpochResult], None] | None = None, resume: str | Path | None = None,
-          progress: bool = True, split: Split | None = None) -> TrainResult:
+          progress: bool = True, split: Split | None = None,
+          rescore: Callable[[int, RegNet, list[Pair], dict], dict] | None = None) -> TrainResult:
     """Train a registration network on ``vols``; checkpoints and history go to ``out_dir``.
 
     out_dir gets ``best.pt`` (the epoch with the best objective score, ``train.best_*``),
@@ -193,6 +194,9 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     the val/test pair lists) and ``result.json``.
     ``resume``: a ``last.pt`` to continue from; the step after a resume is the step an
     uninterrupted run would have taken.
+    ``rescore(epoch, model, val_pairs, metrics)``: a caller's own validation, after the
+    divergence guard; the metrics it returns replace the epoch's before the objective
+    scores it (an amortised study trial scores each epoch at the weight its search picks).
     """
     device = torch.device(device)
     out = Path(out_dir)
@@ -266,6 +270,8 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
             val["val_dice_noreg"] = noreg_dice
             metrics = {**train_m, **val}
             status, reason = guard.check(train_m["train_loss"], val)
+            if status == "running" and rescore is not None:
+                metrics.update(rescore(epoch, model, val_pairs, metrics))
             if status == "running":
                 status = "completed"
                 reason = f"wall-clock budget of {t.max_minutes:g} min reached" if budget_hit else f"{epoch} epochs"

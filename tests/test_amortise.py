@@ -173,6 +173,12 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     ck = load_checkpoint(film_run / "best.pt")
     val = [(vols.index(f), vols.index(m)) for f, m in ck.extra["val_pairs"]]
     test = [(vols.index(f), vols.index(m)) for f, m in ck.extra["test_pairs"]]
+    # the search's batched fast path scores exactly as the ordinary evaluation does
+    scorer = ws.WeightScorer(ck.model(), ck.config, vols, batch=3)
+    settings = [{"loss.reg_weight": v} for v in (0.1, 2.0, 100.0)]
+    for fast, v in zip(scorer.many(settings, val), settings):
+        slow = scorer(v, val)
+        assert all(fast[k] == pytest.approx(slow[k], abs=1e-9) for k in ("dice", "sdlogj", "folding_pct"))
     st = ws.SearchSettings(n=12, pairs=1, per_round=4, refine=2, max_folding_pct=None, max_sdlogj=1e6)
     res = ws.search_weights(ck.model(), ck.config, vols, val, st, test_pairs=test)
     xs = [p.values["loss.reg_weight"] for p in res.points]
@@ -199,3 +205,74 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     assert len(curve) == 12 and [m.value for m in sorted(curve, key=lambda m: m.step)] == sorted(xs)
     assert len(client.get_metric_history(rid, "curve_dice")) == 12 and "chosen_test_dice" in run.data.metrics
     assert {a.path for a in client.list_artifacts(rid)} >= {"curve.png", "overlays.png", "points.csv", "chosen.yaml"}
+
+
+# ---- the command line -------------------------------------------------------------------
+CLI_TINY = ["--set", "model.enc=[8,16,16]", "--set", "model.dec=[16,16,16,16,8]", "--set", "data.val_subjects=2",
+            "--set", "data.test_subjects=2", "--set", "data.val_pairs=2", "--set", "data.test_pairs=2",
+            "--set", "train.batch_size=2", "--set", "train.steps_per_epoch=3", "--set", "train.epochs=1",
+            "--set", "data.downsample=2"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(synth_dir, tmp_path_factory):
+    from regtune.cli import main
+
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["train", "--data", str(synth_dir), "--out", str(root / "amortised"), "--quiet", *CLI_TINY,
+                 "--amortise", RANGE]) == 0
+    assert main(["train", "--data", str(synth_dir), "--out", str(root / "ordinary"), "--quiet", *CLI_TINY]) == 0
+    return root
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("regtune "), err
+    return err[0]
+
+
+def test_cli_train_amortise_evaluate_and_register_at_a_chosen_weight(cli_runs, synth_dir, tmp_path, capsys):
+    import json
+
+    from regtune.cli import main
+
+    ck = cli_runs / "amortised" / "best.pt"
+    assert load_checkpoint(ck).extra["amortised"]["specs"] == [RANGE]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(synth_dir), "--out", str(tmp_path / "ev"), "--quiet",
+                 "--set", "loss.reg_weight=3"]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["loss_weights"] == {"loss.reg_weight": 3.0}
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("fixed,moving\nsynth_001.nii.gz,synth_002.nii.gz\n")
+    assert main(["register", "--checkpoint", str(ck), "--pairs", str(pairs), "--images", str(synth_dir / "imagesTr"),
+                 "--out", str(tmp_path / "fields"), "--quiet", "--set", "loss.reg_weight=100"]) == 0
+    assert len(list((tmp_path / "fields").glob("*"))) >= 1
+    capsys.readouterr()
+    # outside the trained range: one line, exit 2
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(synth_dir), "--quiet", "--set", "loss.reg_weight=1000"]) == 2
+    assert "outside the range the network was trained over [0.1, 100]" in _one_line_error(capsys)
+    assert main(["register", "--checkpoint", str(ck), "--pairs", str(pairs), "--images", str(synth_dir / "imagesTr"),
+                 "--out", str(tmp_path / "f2"), "--quiet", "--set", "loss.reg_weight=0.01"]) == 2
+    assert "outside the range" in _one_line_error(capsys)
+    # an ordinary checkpoint: the weight is baked in
+    ordinary = cli_runs / "ordinary" / "best.pt"
+    assert main(["evaluate", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--quiet",
+                 "--set", "loss.reg_weight=0.5"]) == 2
+    assert "baked into its weights" in _one_line_error(capsys)
+    assert main(["train", "--data", str(synth_dir), "--quiet", "--amortise", "train.lr=0.1:1"]) == 2
+    assert "cannot be amortised" in _one_line_error(capsys)
+
+
+def test_cli_search_weights(cli_runs, synth_dir, tmp_path, capsys):
+    from regtune.cli import main
+
+    ck = cli_runs / "amortised" / "best.pt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["search-weights", "--checkpoint", str(ck), "--data", str(synth_dir), "--n", "6", "--pairs", "1",
+                 "--refine", "1", "--out", str(tmp_path / "ws"), "--tracking-uri", uri, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen: loss.reg_weight=" in out and "held out" in out and "next: regtune evaluate" in out
+    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"curve.png", "overlays.png", "points.csv", "result.json", "chosen.yaml"}
+    ordinary = cli_runs / "ordinary" / "best.pt"
+    assert main(["search-weights", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--no-mlflow"]) == 2
+    assert "baked in" in _one_line_error(capsys)

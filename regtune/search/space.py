@@ -38,9 +38,11 @@ import yaml
 from ..config import BEST_METRICS, Config
 from ..errors import ConfigError
 from ..objective import Objective
+from .amortised import check_amortised_param, fold_amortised
 
 METRICS = BEST_METRICS
-TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "promote", "seed")
+TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "promote",
+            "weight_search", "seed")
 PROMOTE_MODES = ("continue", "retrain")
 
 
@@ -58,6 +60,7 @@ class Param:
     step: float | None = None
     choices: tuple = ()
     when: tuple[tuple[str, Any], ...] = ()
+    amortised: bool = False  # not sampled: every trial trains over its range (regtune.search.amortised)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class SearchSpace:
     promote: Promote | None = None
     seed: int = 0
     source: str = ""
+    weight_search: Any = None  # TrialSearch of amortised trials (regtune.search.amortised); None = not amortised
     text: str = ""
 
     @property
@@ -178,7 +182,7 @@ def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param])
         hint = f"did you mean {close[0]}?" if close else "keys look like loss.reg_weight (see 'regtune config')"
         raise _err(src, where, f"unknown training parameter; {hint}")
     spec = _mapping(src, where, spec)
-    allowed = {"type", "low", "high", "log", "step", "choices", "when"}
+    allowed = {"type", "low", "high", "log", "step", "choices", "when", "amortised"}
     extra = set(spec) - allowed
     if extra:
         raise _err(src, f"{where}.{sorted(extra)[0]}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
@@ -210,6 +214,7 @@ def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param])
         for k in ("low", "high", "log", "step"):
             if k in spec:
                 raise _err(src, f"{where}.{k}", "only float and int parameters take low/high/log/step")
+        check_amortised_param(src, key, spec)  # refuses amortised: true here
         return Param(key, "categorical", choices=tuple(choices), when=when)
     if typ not in ("float", "int"):
         raise _err(src, f"{where}.type", f"must be float, int or categorical, got {typ!r}")
@@ -235,7 +240,8 @@ def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param])
             raise _err(src, f"{where}.step", "cannot be combined with log: true")
     probe(low, f"{where}.low")
     probe(high, f"{where}.high")
-    return Param(key, typ, low=low, high=high, log=log, step=step, when=when)
+    return Param(key, typ, low=low, high=high, log=log, step=step, when=when,
+                 amortised=check_amortised_param(src, key, spec))
 
 
 def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
@@ -259,6 +265,8 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
         if key in base_items:
             raise _err(src, f"params.{key}", "is also fixed in base; keep it in one place")
         known[key] = _param(src, key, spec, base, known)
+    # amortised parameters are not sampled: they become every trial's amortise.ranges
+    base, known, weight_search = fold_amortised(src, base, known, doc.get("weight_search"))
     obj_doc = dict(_mapping(src, "objective", doc.get("objective")))
     allowed = {"metric", "mode", "folding_limit_pct", "folding_penalty"}
     for k in obj_doc:
@@ -310,7 +318,7 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
     seed = _num(src, "seed", doc.get("seed", 0), integer=True)
     return SearchSpace(name=name, description=str(doc.get("description", "")), base=base, params=tuple(known.values()),
                        start=tuple(start), objective=objective, budget=budget, resources=res, promote=promote, seed=seed,
-                       source=src, text=text)
+                       source=src, text=text, weight_search=weight_search)
 
 
 def _promote(src: str, doc: Any, base: Config) -> Promote | None:

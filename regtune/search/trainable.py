@@ -151,7 +151,8 @@ def _run(cfg, config, data, space, work: Path, promote, source) -> None:
     def on_epoch(e: EpochResult) -> None:
         state["best"] = running_score(state["best"], float(e.metrics.get("score", -math.inf)), e.status)
         if e.is_best:  # the epoch saved as best.pt: its metrics are the trial's best_* metrics
-            state["metrics"] = {"best_epoch": e.epoch, **{f"best_{k}": float(e.metrics.get(k, math.nan)) for k in BEST_KEYS}}
+            state["metrics"] = {"best_epoch": e.epoch, **{f"best_{k}": float(e.metrics.get(k, math.nan)) for k in BEST_KEYS},
+                                **{f"best_{k}": float(v) for k, v in e.metrics.items() if k.startswith("lambda.")}}
         with tempfile.TemporaryDirectory(prefix="regtune-ck-", dir=work.parent) as tmp:
             t = Path(tmp)
             for name in CHECKPOINT_FILES:
@@ -178,13 +179,18 @@ def _run(cfg, config, data, space, work: Path, promote, source) -> None:
                 for png in (work / "figures" / "diverged").glob("*.png"):
                     shutil.copy2(png, work / "figures" / f"diverged_{png.name}")
             figs.mkdir(exist_ok=True)
-            for png in (work / "figures").glob("*.png") if (work / "figures").is_dir() else []:
+            for png in (work / "figures").glob("*.*") if (work / "figures").is_dir() else []:  # PNGs, weight_curve.json
                 shutil.copy2(png, figs / png.name)
             m = {**report_metrics(e, e.reason, state["best"], resumed_from), **state["metrics"], **trial_facts,
                  "figure_seconds": sum(figure_seconds)}
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False)
+    rescore = None
+    if cfg.amortise.ranges:  # amortised loss weights: each epoch is scored at the weight its search picks
+        from .amortised import TrialRescore
+
+        rescore = TrialRescore(cfg, vols, device, space.weight_search, work / "figures", draw_at, seed=cfg.train.seed)
+    train(cfg, vols, work, device=device, on_epoch=on_epoch, resume=resume, progress=False, rescore=rescore)
 
 
 def figure_epochs(space: SearchSpace, last: int | None = None) -> set[int]:
