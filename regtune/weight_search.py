@@ -334,7 +334,7 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
     plt = _plt()
     path = Path(path)
     rs = res.ranges
-    fig, axes = plt.subplots(1, len(rs), figsize=(7.5 * len(rs), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(rs), figsize=(7.5 * len(rs), 5.4), squeeze=False)
     for ax, r in zip(axes[0], rs):
         pts = sorted(res.points, key=lambda p: p.values[r.key])
         x = np.array([p.values[r.key] for p in pts])
@@ -378,9 +378,12 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
             ax.plot([c.values[r.key]], [on_curve.metrics["dice"]], "*", ms=14, color="gold", mec="k",
                     label=f"chosen {c.values[r.key]:.3g}; on all {len(res.val_pairs)} val pairs: Dice {c.metrics['dice']:.3f}, "
                           f"SDlogJ {c.metrics['sdlogj']:.3f}, folding {c.metrics['folding_pct']:.3f}%")
+        ax.set_zorder(max(a.get_zorder() for a in fig.axes) + 1)  # Dice and the chosen star above the twin axes
+        ax.patch.set_visible(False)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
+        # below the axes, clear of the data
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(title or f"{len(res.points)} settings in {res.seconds:.0f} s; objective {res.objective.describe()}, "
                  f"constraints {res.settings.describe()}", fontsize=9)
     fig.tight_layout()

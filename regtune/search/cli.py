@@ -156,6 +156,10 @@ def latest_study(uri: str) -> str:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    import os
+
+    # MLflow draws a progress bar per artifact it downloads (a dozen bars in a log); the report says what was read
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from .diagnose import diagnose, explain, write_report
 
     from .outcome import rank_key
