@@ -17,7 +17,8 @@ GRID = ("0.01", "0.1", "0.316228", "0.562341", "1", "3.16228", "10")  # every or
 # are the follow-ups in the issue-12 note (trained with regtune train by hand, same recipe)
 EXTRA = (("cond", FIRST, "range [0.01, 10] (log), T minutes"),
          ("cond2T", FIRST, "range [0.01, 10] (log), 2T minutes (the ordinary networks: T)"),
-         ("condN", ("0.1", "0.562341", "3.16228"), "range [0.1, 3.16] (log), T minutes"))
+         ("condN", ("0.1", "0.562341", "3.16228"), "range [0.1, 3.16] (log), T minutes"),
+         ("condE", FIRST, "range [0.01, 10] (log), T minutes, amortise.end_prob 0.5 (25 % of draws on each end)"))
 COLS = ("dice", "dice30", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
 
