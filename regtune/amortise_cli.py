@@ -5,7 +5,7 @@
   registers with (refused, one line, outside the trained range, and for an ordinary
   checkpoint whose weights are baked in);
 - ``regtune search-weights --checkpoint PT``: the inference-time search
-  (:mod:`regtune.weight_search`).
+  (:mod:`regtune.search.weight_search`).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     from .data.source import data_root
     from .errors import DataError
     from .train import pick_device
-    from .weight_search import SearchSettings, search_weights, track, write_outputs
+    from .search.weight_search import SearchSettings, search_weights, track, write_outputs
 
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config

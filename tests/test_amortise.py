@@ -168,7 +168,7 @@ def test_choose_refuses_out_of_range_other_keys_and_baked_in_weights():
 def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from regtune import weight_search as ws
+    from regtune.search import weight_search as ws
 
     ck = load_checkpoint(film_run / "best.pt")
     val = [(vols.index(f), vols.index(m)) for f, m in ck.extra["val_pairs"]]

@@ -3,7 +3,7 @@
 A loss weight marked ``amortised: true`` is not sampled per Ray trial: it leaves the
 sampled parameters and becomes the trials' ``amortise.ranges``, so every trial trains one
 conditional network over its range. Every epoch the inference-time search
-(:func:`regtune.weight_search.search_weights`) picks the weight on the validation pairs
+(:func:`regtune.search.weight_search.search_weights`) picks the weight on the validation pairs
 and the epoch is scored there (:class:`TrialRescore`, the core's ``train(rescore=...)``):
 the trial's best epoch, its ``best.pt`` and its score are the searched ones, and the
 chosen weight is recorded as ``lambda.<key>`` (in the reports, in MLflow and in best.pt,
@@ -43,7 +43,7 @@ class TrialSearch:
     profile: int = 7  # grid points of the per-trial curve scored with HD95 (0 = none)
 
     def settings(self, seed: int = 0):
-        from ..weight_search import SearchSettings
+        from .weight_search import SearchSettings
 
         return SearchSettings(n=self.n, pairs=self.pairs, refine=self.refine, max_folding_pct=self.max_folding_pct,
                               max_sdlogj=self.max_sdlogj, per_round=8, seed=seed)
@@ -146,7 +146,7 @@ class TrialRescore:
         self.objective = Objective.from_train(cfg.train)
 
     def __call__(self, epoch: int, model, val_pairs, metrics: dict) -> dict:
-        from ..weight_search import curve_png, profile, search_weights
+        from .weight_search import curve_png, profile, search_weights
 
         was_training = model.training
         before = model.conditioner.values()

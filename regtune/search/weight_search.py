@@ -30,12 +30,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .amortise import WeightRange, describe, ranges_of
-from .data.dataset import Volumes
-from .data.pairs import Pair
-from .errors import ConfigError
-from .evaluate import evaluate_pairs, summarise
-from .objective import Objective
+from ..amortise import WeightRange, describe, ranges_of
+from ..data.dataset import Volumes
+from ..data.pairs import Pair
+from ..errors import ConfigError
+from ..evaluate import evaluate_pairs, summarise
+from ..objective import Objective
 
 CURVE_KEYS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
@@ -176,8 +176,8 @@ class WeightScorer:
         training-resolution images are made once); fields are upsampled to full resolution,
         only the labels are warped (nearest) and each pair is scored by
         :func:`regtune.metrics.score_pair`, as :func:`regtune.evaluate.evaluate_pairs` does."""
-        from .metrics import score_pair
-        from .model import downsample_image, upsample_field, warp
+        from ..metrics import score_pair
+        from ..model import downsample_image, upsample_field, warp
 
         ds, vols, dev = self.cfg.data.downsample, self.vols, self.device
         fi = torch.tensor([p[0] for p in pairs])
@@ -322,7 +322,7 @@ def profile(model, cfg, vols: Volumes, pairs: list[Pair], n: int = 9, device: to
 
 # ---- outputs ------------------------------------------------------------------------
 def _plt():
-    from .figures import _plt as plt
+    from ..figures import _plt as plt
 
     return plt()
 
@@ -398,8 +398,8 @@ def overlays_png(path: str | Path, model, cfg, vols: Volumes, pair: Pair, settin
     """One pair registered at each weight setting: a row per setting with the fixed
     image, the warped moving image (fixed labels green, warped labels red) and the
     Jacobian determinant (folding black), mid-structure slice."""
-    from .evaluate import register_pairs
-    from .metrics import jacobian_determinant
+    from ..evaluate import register_pairs
+    from ..metrics import jacobian_determinant
 
     plt = _plt()
     path = Path(path)
