@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -92,8 +93,15 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
         mode[tid] = m
     res.notes.extend(f"promotion: {n}" for n in notes)
     promo = {"epochs": epochs, "mode": mode, "params": params, "sources": sources}
-    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
-    trainable = tune.with_resources(tune.with_parameters(_promoted_trial, space=space, promote=promo, **trainable_args),
+    import ray
+
+    from .study import check_resources
+
+    # the promoted trials' own resources (promote.cpu / gpu): their threads and device follow them
+    pspace = dataclasses.replace(space, resources=p.resources(space.resources))
+    check_resources(pspace, ray, "promote")
+    resources = {"cpu": pspace.resources.cpu, "gpu": pspace.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(_promoted_trial, space=pspace, promote=promo, **trainable_args),
                                     resources)
     name = f"{space.name}-promote"
     exp = str(Path(opts.ray_storage) / name) if "://" not in opts.ray_storage else f"{opts.ray_storage.rstrip('/')}/{name}"
@@ -115,7 +123,8 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                                      failure_config=tune.FailureConfig(max_failures=2), verbose=0))
     if opts.verbose:
-        print(f"promotion: training {len(top)} trial(s) to the full budget: "
+        print(f"promotion: training {len(top)} trial(s) to the full budget ({resources['cpu']:g} CPU, "
+              f"{resources['gpu']:g} GPU each): "
               + "; ".join(f"{tid} ({mode[tid]}, {epochs[tid]} epochs)" for tid in params), flush=True)
     with catch_interrupt([ptracker]):
         tuner.fit()

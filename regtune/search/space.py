@@ -86,12 +86,19 @@ class Promote:
     the trial's own measured seconds per epoch, so the promoted config is reproducible.
     mode: ``continue`` from the trial's last checkpoint (same steps as a fresh run when the
     learning-rate schedule is constant; other schedules are retrained) or ``retrain`` from scratch.
+    cpu / gpu: resources of each promoted trial (0 / unset: the search trials' ``resources``);
+    a single promoted trial can take the whole machine the search shared between trials.
     """
 
     top_k: int = 1
     epochs: int = 0
     minutes: float = 0.0
     mode: str = "continue"
+    cpu: float = 0.0
+    gpu: float | None = None
+
+    def resources(self, search: "Resources") -> "Resources":
+        return Resources(cpu=self.cpu or search.cpu, gpu=search.gpu if self.gpu is None else self.gpu)
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,7 @@ def _promote(src: str, doc: Any, base: Config) -> Promote | None:
     if doc is None:
         return None
     doc = _mapping(src, "promote", doc)
-    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None}
+    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None, "cpu": False, "gpu": False}
     for k in doc:
         if k not in allowed:
             raise _err(src, f"promote.{k}", f"unknown field (allowed: {', '.join(allowed)})")
@@ -341,6 +348,10 @@ def _promote(src: str, doc: Any, base: Config) -> Promote | None:
         raise _err(src, "promote", "epochs and minutes must be > 0")
     if p.mode not in PROMOTE_MODES:
         raise _err(src, "promote.mode", f"must be one of {', '.join(PROMOTE_MODES)}, got {p.mode!r}")
+    if "cpu" in doc and not p.cpu > 0:
+        raise _err(src, "promote.cpu", f"must be > 0 (leave it out to use resources.cpu), got {p.cpu:g}")
+    if p.gpu is not None and (p.gpu < 0 or (p.gpu > 1 and not float(p.gpu).is_integer())):
+        raise _err(src, "promote.gpu", f"must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {p.gpu:g}")
     return p
 
 

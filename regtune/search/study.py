@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,19 +151,20 @@ def _slots(space: SearchSpace, total: dict) -> int:
     return max(1, n)
 
 
-def check_resources(space: SearchSpace, ray_mod) -> None:  # noqa: D401
-    """Refuse a per-trial request the cluster can never satisfy (instead of pending forever)."""
+def check_resources(space: SearchSpace, ray_mod, field: str = "resources") -> None:  # noqa: D401
+    """Refuse a per-trial request the cluster can never satisfy (instead of pending forever).
+    ``field``: the space block that asked (``resources``, or ``promote`` for the promoted trials)."""
     total = ray_mod.cluster_resources()
     cpu, gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     r = space.resources
     if r.gpu > 0 and gpu == 0:
-        raise StudyError(f"{space.source}: resources.gpu={r.gpu:g} per trial but the Ray cluster has no GPU; "
-                         f"set resources.gpu: 0 to train on CPU, or connect to a GPU cluster with --address")
+        raise StudyError(f"{space.source}: {field}.gpu={r.gpu:g} per trial but the Ray cluster has no GPU; "
+                         f"set {field}.gpu: 0 to train on CPU, or connect to a GPU cluster with --address")
     if r.gpu > gpu:
-        raise StudyError(f"{space.source}: resources.gpu={r.gpu:g} per trial but the cluster has {gpu:g} GPU(s) in all")
+        raise StudyError(f"{space.source}: {field}.gpu={r.gpu:g} per trial but the cluster has {gpu:g} GPU(s) in all")
     if r.cpu > cpu:
-        raise StudyError(f"{space.source}: resources.cpu={r.cpu:g} per trial but the cluster has {cpu:g} CPU(s) in all; "
-                         f"lower resources.cpu")
+        raise StudyError(f"{space.source}: {field}.cpu={r.cpu:g} per trial but the cluster has {cpu:g} CPU(s) in all; "
+                         f"lower {field}.cpu")
 
 
 SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p", "efs")
@@ -381,6 +383,8 @@ def run_study(opts: StudyOptions) -> StudyResult:
     _quiet_ray_tune()
     ray = _init_ray(opts.address, opts.verbose)
     check_resources(space, ray)
+    if space.promote is not None and opts.promote:  # before the search, not after it
+        check_resources(dataclasses.replace(space, resources=space.promote.resources(space.resources)), ray, "promote")
     hosts = cluster_hosts(ray)
     check_storage(opts.ray_storage, hosts)
     if hosts > 1 and not opts.mlflow_uri.startswith(("http://", "https://", "databricks")) and opts.verbose:

@@ -65,7 +65,8 @@ def agree(runs: Path, name: str, stdout: str) -> dict[str, str]:
 
 
 def test_ctrl_c_then_resume_then_promote_then_train_from_study(synth_dir, tmp_path):
-    sp = space(tmp_path / "s.yaml", "sig", promote={"top_k": 1, "epochs": 5})
+    # the promoted trial takes both CPUs the two search trials shared (promote.cpu)
+    sp = space(tmp_path / "s.yaml", "sig", promote={"top_k": 1, "epochs": 5, "cpu": 2})
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "regtune", "search", "--space", str(sp), "--data", str(synth_dir), "--runs-dir", str(runs)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -99,6 +100,8 @@ def test_ctrl_c_then_resume_then_promote_then_train_from_study(synth_dir, tmp_pa
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     model = json.loads((runs / "studies" / "sig" / "test_scores.json").read_text())
     assert model["promoted"] and model["promoted_from"] in after and "the study's model: promoted trial" in promoted.stdout
+    best_cfg = yaml.safe_load((runs / "studies" / "sig" / "best_config.yaml").read_text())
+    assert best_cfg["train"]["threads"] == 2 and best_cfg["train"]["epochs"] == 5
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{(runs / 'mlflow.db').resolve()}")
