@@ -117,7 +117,8 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     from .data.source import data_root
     from .errors import DataError
     from .train import pick_device
-    from .search.weight_search import SearchSettings, search_weights, track, write_outputs
+    from .search.weight_outputs import track, write_outputs
+    from .search.weight_search import SearchSettings, search_weights
 
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config

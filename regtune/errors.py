@@ -21,3 +21,7 @@ class DataError(RegtuneError):
 
 class CheckpointError(RegtuneError):
     """A checkpoint file is missing, unreadable or was written by something else."""
+
+
+class StudyError(RegtuneError):
+    """A study cannot be started or resumed as asked."""

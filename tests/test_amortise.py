@@ -168,6 +168,7 @@ def test_choose_refuses_out_of_range_other_keys_and_baked_in_weights():
 def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from regtune.search import weight_outputs as wo
     from regtune.search import weight_search as ws
 
     ck = load_checkpoint(film_run / "best.pt")
@@ -191,12 +192,12 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     strict = ws.search_weights(ck.model(), ck.config, vols, val, ws.SearchSettings(n=4, pairs=1, refine=1, max_sdlogj=0.0))
     assert not strict.any_feasible and not strict.chosen.feasible
 
-    paths = ws.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
+    paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     chosen = Config.load(paths["config"])
     assert chosen.amortise.ranges == () and chosen.loss.reg_weight == pytest.approx(res.chosen.values["loss.reg_weight"], rel=1e-6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rid = ws.track(res, uri, checkpoint="ck", artifacts=paths)
+    rid = wo.track(res, uri, checkpoint="ck", artifacts=paths)
     client = MlflowClient(uri)
     run = client.get_run(rid)
     assert run.data.tags["regtune.kind"] == "weight_search" and run.info.status == "FINISHED"

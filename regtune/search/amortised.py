@@ -146,7 +146,8 @@ class TrialRescore:
         self.objective = Objective.from_train(cfg.train)
 
     def __call__(self, epoch: int, model, val_pairs, metrics: dict) -> dict:
-        from .weight_search import curve_png, profile, search_weights
+        from .weight_outputs import curve_png
+        from .weight_search import profile, search_weights
 
         was_training = model.training
         before = model.conditioner.values()

@@ -58,7 +58,9 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     from ray import tune
 
     from .outcome import SCORE_KEY
-    from .study import catch_interrupt, result_loggers, trial_rows
+    from .ray_env import catch_interrupt
+    from .study import result_loggers
+    from .table import trial_rows
     from .tracking import StudyTracker
 
     p = space.promote
@@ -95,7 +97,7 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     promo = {"epochs": epochs, "mode": mode, "params": params, "sources": sources}
     import ray
 
-    from .study import check_resources
+    from .ray_env import check_resources
 
     # the promoted trials' own resources (promote.cpu / gpu): their threads and device follow them
     pspace = dataclasses.replace(space, resources=p.resources(space.resources))

@@ -18,31 +18,26 @@ MLflow's store defaults to ``regtune-runs/mlflow.db`` with artifacts under
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import shutil
-import signal
-import sys
 import tempfile
 import time
-import uuid
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..errors import RegtuneError
-from .outcome import ranked, short_error, trial_score
+from ..errors import StudyError
+from .outcome import ranked
+from .preflight import preflight
+from .ray_env import catch_interrupt, check_resources, check_storage, cluster_hosts, init_ray, quiet_ray_tune
+from .ray_env import slots as trial_slots
 from .space import DefineByRun, SearchSpace
+from .table import format_table, trial_rows
 from .tracking import StudyTracker, file_lock, sqlite_uri
 
 RUNS = Path("regtune-runs")
-
-
-class StudyError(RegtuneError):
-    """A study cannot be started or resumed as asked."""
 
 
 @dataclass(frozen=True)
@@ -119,189 +114,6 @@ class StudyResult:
         return f"trial {t['trial_id']}: {t.get('error') or t.get('reason') or 'failed'}" if t else ""
 
 
-def _init_ray(address: str | None, verbose: int):
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose > 1, "configure_logging": True,
-                          "logging_level": "WARNING"}
-    if not address:
-        # "local": always a fresh Ray on this machine, never a cluster recorded by an earlier
-        # `ray start` (a stale /tmp/ray/ray_current_cluster or RAY_ADDRESS would hijack it)
-        ray.init(address="local", **kw)
-        return ray
-    try:
-        ray.init(address=address, **kw)
-    except (ConnectionError, RuntimeError) as e:
-        auth = "auth" in f"{e} {e.__cause__}".lower()
-        hint = ("the cluster uses token authentication: copy its token to ~/.ray/auth_token (or set "
-                "RAY_AUTH_TOKEN_PATH) and export RAY_AUTH_MODE=token" if auth else
-                "check the address (`ray status` on the head prints it) and that this machine can reach port 6379/10001")
-        raise StudyError(f"cannot connect to the Ray cluster at --address {address}: {hint}") from e
-    return ray
-
-
-def _slots(space: SearchSpace, total: dict) -> int:
-    """How many trials the cluster's CPUs/GPUs can hold at once."""
-    r = space.resources
-    n = int(float(total.get("CPU", 0)) // r.cpu) if r.cpu > 0 else 10**6
-    if r.gpu > 0:
-        n = min(n, int(float(total.get("GPU", 0)) // r.gpu))
-    return max(1, n)
-
-
-def check_resources(space: SearchSpace, ray_mod, field: str = "resources") -> None:  # noqa: D401
-    """Refuse a per-trial request the cluster can never satisfy (instead of pending forever).
-    ``field``: the space block that asked (``resources``, or ``promote`` for the promoted trials)."""
-    total = ray_mod.cluster_resources()
-    cpu, gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    r = space.resources
-    if r.gpu > 0 and gpu == 0:
-        raise StudyError(f"{space.source}: {field}.gpu={r.gpu:g} per trial but the Ray cluster has no GPU; "
-                         f"set {field}.gpu: 0 to train on CPU, or connect to a GPU cluster with --address")
-    if r.gpu > gpu:
-        raise StudyError(f"{space.source}: {field}.gpu={r.gpu:g} per trial but the cluster has {gpu:g} GPU(s) in all")
-    if r.cpu > cpu:
-        raise StudyError(f"{space.source}: {field}.cpu={r.cpu:g} per trial but the cluster has {cpu:g} CPU(s) in all; "
-                         f"lower {field}.cpu")
-
-
-SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p", "efs")
-
-
-def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
-    """The filesystem type of the mount holding ``path`` (longest mount-point prefix)."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return "unknown"
-    p = str(Path(path).resolve())
-    best, fstype = "", "unknown"
-    for line in mounts.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and (p == parts[1] or p.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(best):
-            best, fstype = parts[1], parts[2]
-    return fstype
-
-
-def cluster_hosts(ray_mod) -> int:
-    """Machines in the Ray cluster (alive nodes with distinct addresses; several nodes on one host share its disk)."""
-    return len({n.get("NodeManagerAddress") for n in ray_mod.nodes() if n.get("Alive")})
-
-
-def check_storage(storage: str, n_hosts: int, mounts: str | None = None) -> None:
-    """On a cluster spanning several machines trial checkpoints must go to storage every node reaches."""
-    if n_hosts <= 1 or "://" in storage:
-        return
-    fstype = filesystem_type(storage, mounts)
-    if fstype in SHARED_FS or fstype.startswith("fuse."):
-        return
-    raise StudyError(f"--storage-path {storage} is on a node-local filesystem ({fstype}) but the Ray cluster has "
-                     f"nodes on {n_hosts} machines: trials on other machines could not save or restore checkpoints; pass shared "
-                     f"storage, e.g. --storage-path s3://BUCKET/regtune, gs://BUCKET/regtune or an NFS mount")
-
-
-def reference_point(space: SearchSpace) -> dict[str, Any]:
-    """One setting of the searched parameters: each at its first choice, or the (geometric) middle of its range."""
-    point: dict[str, Any] = {}
-    for p in space.params:
-        if any(point.get(k) != v for k, v in p.when):
-            continue
-        if p.type == "categorical":
-            point[p.key] = p.choices[0]
-        else:
-            mid = math.sqrt(p.low * p.high) if p.log else 0.5 * (p.low + p.high)
-            if p.step:
-                mid = p.low + round((mid - p.low) / p.step) * p.step
-            point[p.key] = int(round(mid)) if p.type == "int" else float(mid)
-    return point
-
-
-def preflight(space: SearchSpace, vols) -> None:
-    """Refuse, before Ray starts, a study in which every trial would fail the same way:
-    the core must accept, on this dataset, at least one of the settings a trial can have
-    (the ``start:`` points and a reference point of the searched ranges): the config, the
-    subject split, the model on these volumes and one loss evaluation. Otherwise the
-    core's own one-line message stops the study."""
-    import torch
-
-    from ..train import split_for
-    from ..trainer import Trainer
-
-    points = [("reference point", reference_point(space))] + [(f"start[{i}]", dict(p)) for i, p in enumerate(space.start)]
-    first = None
-    for where, point in points:
-        try:
-            cfg = space.trial_config(point)
-            split, val_pairs, _ = split_for(cfg, vols)
-            tr = Trainer(cfg, vols, split, "cpu")
-            with torch.no_grad():
-                f, m = val_pairs[0]
-                tr.loss(torch.tensor([f]), torch.tensor([m]))
-            return
-        except RegtuneError as e:
-            first = first or (where, e)
-    if first is not None:
-        raise StudyError(f"{space.source}: every trial would fail ({first[0]}: {first[1]})") from None
-
-
-@contextlib.contextmanager
-def catch_interrupt(tracker_ref: list):
-    """Ctrl-C (SIGINT) as a first-class event: the first one asks Ray Tune to stop (its
-    SIGUSR1 path: trials checkpoint, the experiment state is saved) and marks the study
-    interrupted; a second one stops at once."""
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    state = {"n": 0}
-
-    def handler(sig, frame):
-        state["n"] += 1
-        for t in tracker_ref:
-            t.interrupted = True
-        if state["n"] == 1:
-            print("\nregtune search: Ctrl-C: stopping the study (running trials are labelled interrupted; "
-                  "Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-            if hasattr(signal, "SIGUSR1"):
-                os.kill(os.getpid(), signal.SIGUSR1)
-        else:
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGINT, handler) if _main_thread() else None
-    try:
-        yield state
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _quiet_ray_tune() -> None:
-    """Ray Tune logs each trial error with its traceback and ends with its own
-    ``Tuner.restore(...)`` hint; regtune prints one line per failure and its own command.
-    Ray's own progress output and its TensorBoard logger (which warns on every NaN of a
-    diverged trial) are off; its JSON/CSV result files stay."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    try:
-        from optuna.exceptions import ExperimentalWarning
-
-        warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    except ImportError:  # pragma: no cover
-        pass
-
-    for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller", "ray.train", "ray.air"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
 def _check_resume(opts: StudyOptions, space: SearchSpace, prev: dict) -> None:
     if prev.get("space_sha256") and prev["space_sha256"] != space.sha256:
         raise StudyError(f"{space.source} changed since study '{space.name}' started (sha256 differs); "
@@ -337,8 +149,6 @@ def run_study(opts: StudyOptions) -> StudyResult:
     t0 = time.monotonic()
     space = opts.space
     if opts.name:
-        import dataclasses
-
         space = dataclasses.replace(space, name=opts.name)
     if opts.promote and space.promote is None:
         raise StudyError(f"{space.source}: --promote needs a promote: block in the space file, e.g. "
@@ -380,8 +190,8 @@ def run_study(opts: StudyOptions) -> StudyResult:
     preflight(space, vols)
     payload = volumes_payload(vols)
 
-    _quiet_ray_tune()
-    ray = _init_ray(opts.address, opts.verbose)
+    quiet_ray_tune()
+    ray = init_ray(opts.address, opts.verbose)
     check_resources(space, ray)
     if space.promote is not None and opts.promote:  # before the search, not after it
         check_resources(dataclasses.replace(space, resources=space.promote.resources(space.resources)), ray, "promote")
@@ -427,7 +237,7 @@ def run_study(opts: StudyOptions) -> StudyResult:
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       verbose=0),
         )
-    fit_slots = _slots(space, ray.cluster_resources())
+    fit_slots = trial_slots(space, ray.cluster_resources())
     t_fit = time.monotonic()
     try:
         with catch_interrupt([tracker]):
@@ -456,8 +266,6 @@ def run_study(opts: StudyOptions) -> StudyResult:
 
 def _with_data_root(space: SearchSpace, data: str) -> SearchSpace:
     """The space whose trial configs record the data folder (so a trial's config is complete)."""
-    import dataclasses
-
     root = str(Path(data).resolve()) if "://" not in data else data
     return dataclasses.replace(space, base=space.base.with_values({"data.root": root}, source="--data"))
 
@@ -476,74 +284,6 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     rc = internal.get_run_config() if internal is not None else None
     if rc is not None:
         rc.callbacks = callbacks
-
-
-def trial_rows(tracker: StudyTracker, kind_map: str = "trials") -> list[dict]:
-    """One row per Ray trial the tracker saw, with the status and score it recorded in MLflow."""
-    rows = []
-    fs, scores = tracker.state.get("final_status", {}), tracker.state.get("scores", {})
-    runs = tracker.state.get(kind_map, {})
-    for t in getattr(tracker, "trials_seen", []):
-        last = tracker.last.get(t.trial_id) or dict(t.last_result or {})
-        status = fs.get(t.trial_id, "interrupted" if tracker.interrupted else "running")
-        score = scores.get(t.trial_id, trial_score(status, last) if status != "running" else None)
-        row: dict[str, Any] = {"trial_id": t.trial_id, "params": {k: v for k, v in (t.config or {}).items()},
-                               "status": status, "score": score, "epochs": int(last.get("epoch", 0) or 0),
-                               "best_epoch": int(last.get("best_epoch", 0) or 0), "run_id": runs.get(t.trial_id, ""),
-                               "reason": str(last.get("reason", "")), "train_seconds": tracker.epoch_seconds.get(t.trial_id, 0.0)}
-        for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct"):
-            v = last.get(f"best_{k}")
-            if isinstance(v, (int, float)):
-                row[k] = float(v)
-        if status == "error":
-            row["error"] = _trial_error(t)
-        rows.append(row)
-    return rows
-
-
-def _trial_error(t) -> str:
-    try:
-        p = Path(t.local_path) / "error.txt"
-        if p.is_file():
-            return short_error(p.read_text())
-    except Exception:  # noqa: BLE001
-        pass
-    return short_error(getattr(t, "error_msg", None) or "failed")
-
-
-def format_table(res: StudyResult, k: int = 50) -> str:
-    lines = []
-    counts = res.counts()
-    lines.append(f"study '{res.name}': {len(res.trials)} trials in {res.seconds / 60:.1f} min  "
-                 + "  ".join(f"{s}={n}" for s, n in sorted(counts.items())))
-    if res.fit_seconds > 0 and math.isfinite(res.slot_use()):
-        lines.append(f"time: {res.seconds - res.fit_seconds:.0f} s outside the search's trials (data, Ray, MLflow, promotion, "
-                     f"test scores), {res.fit_seconds:.0f} s of trials at {res.concurrency} concurrent; "
-                     f"{100 * res.slot_use():.0f}% of trial slots spent training, "
-                     f"{100 * (1 - res.slot_use()):.0f}% start-up/scheduling/checkpoint overhead")
-    lines.append("score = the objective of each trial's best epoch (its best.pt); diverged trials score -1e9")
-    hdr = f"{'trial':12s} {'status':15s} {'ep':>3s} {'best':>4s} {'score':>8s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold%':>6s}  params"
-    lines.append(hdr)
-    for t in res.best(k):
-        lines.append(_row_line(t))
-    if res.promoted:
-        lines.append("promoted (full budget):")
-        lines.append(hdr)
-        for t in ranked(res.promoted):
-            lines.append(_row_line(t))
-    return "\n".join(lines)
-
-
-def _row_line(t: dict) -> str:
-    p = ", ".join(f"{a.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{a.split('.')[-1]}={v}"
-                  for a, v in t["params"].items() if not a.startswith("regtune."))
-    if t["params"].get("regtune.promote_from"):
-        p = f"from {t['params']['regtune.promote_from']}: " + p
-    sc = t.get("score")
-    return (f"{t['trial_id']:12s} {t['status']:15s} {t['epochs']:3d} {t.get('best_epoch', 0):4d} "
-            f"{(f'{sc:8.4f}' if sc is not None and sc > -1e8 else ('   -1e9 ' if sc is not None else '      — '))} "
-            f"{t.get('val_dice', math.nan):6.3f} {t.get('val_hd95', math.nan):6.2f} {t.get('val_sdlogj', math.nan):6.3f} "
-            f"{t.get('val_folding_pct', math.nan):6.3f}  {p}")
 
 
 __all__ = ["StudyOptions", "StudyResult", "StudyError", "run_study", "format_table", "check_resources", "preflight",

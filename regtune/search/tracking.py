@@ -227,11 +227,14 @@ class StudyTracker(tune.Callback):
                 t.trial_id, t.status.lower())
             counts[st.lower()] = counts.get(st.lower(), 0) + 1
         rows = [{"trial_id": t.trial_id, "score": self.last.get(t.trial_id, {}).get(SCORE_KEY)} for t in trials]
-        best = next((r for r in ranked(rows) if r["score"] is not None), None)
+        from ..objective import is_diverged_score
+
+        # a diverged trial's -1e9 is never "best": until a trial scores, the line says so
+        best = next((r for r in ranked(rows) if r["score"] is not None and not is_diverged_score(r["score"])), None)
         what = "promotion" if self.kind == "promoted" else "study"
         print(f"{time.strftime('%H:%M:%S')} {what} '{self.space.name}' {(now - self._t0) / 60:.1f} min: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-              + (f"; best {best['score']:.4f} (trial {best['trial_id']})" if best else ""), flush=True)
+              + (f"; best {best['score']:.4f} (trial {best['trial_id']})" if best else "; no score yet"), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)

@@ -161,7 +161,7 @@ def test_define_by_run_respects_conditions():
 
 
 def test_node_local_storage_is_refused_on_multi_node_clusters():
-    from regtune.search.study import StudyError, check_storage, filesystem_type
+    from regtune.search.ray_env import StudyError, check_storage, filesystem_type
 
     mounts = ("/dev/vda / ext4 rw 0 0\n"
               "server:/export /mnt/shared nfs4 rw 0 0\n"
@@ -180,7 +180,7 @@ def test_cluster_hosts_counts_machines_not_nodes():
     """Several Ray nodes on one machine share its disk (the loopback test cluster); dead nodes don't count."""
     from types import SimpleNamespace
 
-    from regtune.search.study import cluster_hosts
+    from regtune.search.ray_env import cluster_hosts
 
     nodes = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}, {"NodeManagerAddress": "10.0.0.1", "Alive": True},
              {"NodeManagerAddress": "10.0.0.2", "Alive": False}]

@@ -1,7 +1,9 @@
 """``regtune diagnose``: read a finished study back and explain it.
 
 - :mod:`.analysis`: load the study (MLflow runs + the persisted Optuna study), classify
-  each trial, parameter importance, separation rules, safe ranges, the next space;
+  each trial, separation rules, safe ranges, the next space;
+- :mod:`.optuna_study`: the persisted Optuna study (or one rebuilt from MLflow) and the
+  parameter importances on it;
 - :mod:`.figures`: the report's figures;
 - :mod:`.report`: the findings in words and the report files.
 """

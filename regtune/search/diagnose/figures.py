@@ -134,10 +134,10 @@ def optuna_plots(d: Diagnosis, out: Path) -> list[Path]:
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization import matplotlib as ovm
 
-    from .analysis import _clipped_value
+    from .optuna_study import clipped_value
 
     plt = _plt()
-    target = _clipped_value(study)
+    target = clipped_value(study)
     name = f"score ({d.space.objective.describe()})"
     made = []
     jobs = [("optuna_history.png", lambda: ovm.plot_optimization_history(study, target=target, target_name=name)),

@@ -1,0 +1,287 @@
+"""The sections of a :class:`~regtune.config.Config`: one frozen dataclass per section
+(``data``, ``model``, ``loss``, ``train``, ``aug``, ``amortise``), each documenting its keys
+and validating its values in ``__post_init__`` (a bad value raises
+:class:`~regtune.errors.ConfigError` naming the key)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+SIMILARITIES = ("ncc", "mse", "mi")
+REGULARISERS = ("diffusion", "bending")
+PAIR_MODES = ("random", "all")
+SCHEDULES = ("constant", "cosine", "onecycle")
+BEST_METRICS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_loss")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the volumes come from and how they are prepared.
+
+    root: a Learn2Reg-layout folder (``imagesTr/``, ``labelsTr/``); ``None`` means the
+        embedded synthetic phantom dataset, generated on first use.
+    downsample: training resolution factor (1 = full 64^3, 2 = 32^3). Evaluation always
+        upsamples the field and scores at full resolution.
+    val_subjects: number of subjects held out for validation (subject-level split); the
+        validation pairs pick the best epoch (and, in a study, the best trial).
+    val_pairs: number of fixed validation pairs drawn among the validation subjects.
+    test_subjects: number of labelled subjects reserved as the test split: never trained
+        on, never used to pick an epoch or a trial; ``regtune evaluate`` scores them
+        (0 = no test split; evaluation then falls back to the validation pairs, labelled so).
+    test_pairs: number of fixed test pairs drawn among the test subjects.
+    split_seed: seed of the subject split and of the validation/test pair lists. The test
+        subjects depend only on this seed and ``test_subjects`` (not on ``val_subjects``).
+    clip_low / clip_high: per-image percentiles clipped before rescaling to [0, 1].
+    normalise: per-image normalisation on (true, strongly recommended); false keeps the
+        stored intensities (only for data already normalised; ``regtune doctor`` fails
+        when they span orders of magnitude).
+    mask_padding: set the replicated edge padding around the real crop to 0.
+    pairs: ``random`` draws fresh pairs each step; ``all`` walks the all-vs-all list.
+    use_unlabelled: also train on ``imagesTs/`` images (unsupervised terms only).
+    labels: the foreground label values scored and used by the Dice loss; any other
+        value in a label map is reported and mapped to background.
+    """
+
+    root: str | None = None
+    downsample: int = 2
+    val_subjects: int = 20
+    val_pairs: int = 40
+    test_subjects: int = 40
+    test_pairs: int = 100
+    split_seed: int = 0
+    clip_low: float = 1.0
+    clip_high: float = 99.0
+    normalise: bool = True
+    mask_padding: bool = False
+    pairs: str = "random"
+    use_unlabelled: bool = False
+    labels: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        _check(self.downsample in (1, 2, 4), "data.downsample", f"must be 1, 2 or 4, got {self.downsample}")
+        _check(self.val_subjects >= 2, "data.val_subjects", f"must be >= 2, got {self.val_subjects}")
+        _check(self.val_pairs >= 1, "data.val_pairs", f"must be >= 1, got {self.val_pairs}")
+        _check(self.test_subjects == 0 or self.test_subjects >= 2, "data.test_subjects",
+               f"must be 0 (no test split) or >= 2, got {self.test_subjects}")
+        _check(self.test_pairs >= 1, "data.test_pairs", f"must be >= 1, got {self.test_pairs}")
+        _check(0 <= self.clip_low < self.clip_high <= 100, "data.clip_low/clip_high",
+               f"need 0 <= clip_low < clip_high <= 100, got {self.clip_low}, {self.clip_high}")
+        _check(len(self.labels) >= 1 and all(v > 0 for v in self.labels) and len(set(self.labels)) == len(self.labels),
+               "data.labels", f"need distinct positive label values, got {self.labels}")
+        _check(self.pairs in PAIR_MODES, "data.pairs", f"must be one of {PAIR_MODES}, got {self.pairs!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """VoxelMorph-style U-Net.
+
+    int_steps: > 0 makes the model diffeomorphic (scaling-and-squaring integration of a
+        stationary velocity field v; the inverse transform is exp(-v)); 0 = plain displacement.
+    int_downsize: integrate the velocity on a grid this many times coarser than the
+        training grid and upsample the displacement (VoxelMorph's diffeomorphic default is
+        2): smoother, more regular fields and cheaper integration.
+    symmetric: the velocity is 0.5 * (g(moving, fixed) - g(fixed, moving)) for the U-Net g:
+        swapping the images gives exactly the inverse transform and identical images give
+        exactly the identity. Costs a second U-Net pass per pair (training and inference);
+        needs int_steps > 0.
+    """
+
+    enc: tuple[int, ...] = (16, 32, 32, 32)
+    dec: tuple[int, ...] = (32, 32, 32, 32, 32, 16, 16)
+    int_steps: int = 7
+    int_downsize: int = 1
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        _check(len(self.enc) >= 1 and all(c > 0 for c in self.enc), "model.enc", f"need positive widths, got {self.enc}")
+        _check(len(self.dec) >= len(self.enc) and all(c > 0 for c in self.dec), "model.dec",
+               f"need at least len(enc)={len(self.enc)} positive widths, got {self.dec}")
+        _check(0 <= self.int_steps <= 12, "model.int_steps", f"must be in [0, 12], got {self.int_steps}")
+        _check(self.int_downsize in (1, 2, 4), "model.int_downsize", f"must be 1, 2 or 4, got {self.int_downsize}")
+        _check(not (self.symmetric and self.int_steps == 0), "model.symmetric",
+               "needs a diffeomorphic model (model.int_steps > 0): the swapped pair's transform is exp(-v)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """loss = sim_weight * similarity + reg_weight * regulariser + dice_weight * (1 - Dice)
+    + jacobian_weight * mean(relu(-det J)) + ic_weight * inverse-consistency error.
+
+    jacobian_weight: penalty on negative Jacobian determinants (folding) of the field on
+        the training grid (0 = off).
+    ic_weight: penalty on |u_fwd(x) + u_bwd(x + u_fwd(x))|^2, the composition of the
+        forward and backward fields (backward = exp(-v) for a diffeomorphic model, else the
+        network's own field for the swapped pair, an extra pass); 0 = off.
+    """
+
+    similarity: str = "ncc"
+    sim_weight: float = 1.0
+    ncc_window: int = 9
+    mi_bins: int = 32
+    regulariser: str = "diffusion"
+    reg_weight: float = 1.0
+    dice_weight: float = 1.0
+    jacobian_weight: float = 0.0
+    ic_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.similarity in SIMILARITIES, "loss.similarity", f"must be one of {SIMILARITIES}, got {self.similarity!r}")
+        _check(self.regulariser in REGULARISERS, "loss.regulariser", f"must be one of {REGULARISERS}, got {self.regulariser!r}")
+        _check(self.ncc_window >= 3 and self.ncc_window % 2 == 1, "loss.ncc_window", f"must be an odd int >= 3, got {self.ncc_window}")
+        _check(4 <= self.mi_bins <= 256, "loss.mi_bins", f"must be in [4, 256], got {self.mi_bins}")
+        for k in ("sim_weight", "reg_weight", "dice_weight", "jacobian_weight", "ic_weight"):
+            v = getattr(self, k)
+            _check(math.isfinite(v) and v >= 0, f"loss.{k}", f"must be a finite number >= 0, got {v}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget and divergence guards.
+
+    steps_per_epoch: optimiser steps between validations.
+    max_minutes: wall-clock budget (0 = none); training stops when it is spent (the
+        epoch in progress is cut short and validated).
+    schedule: learning-rate schedule over the run's progress, where progress is the larger
+        of (steps done / epochs x steps_per_epoch) and (time spent / max_minutes), so a
+        wall-clock budget anneals to its end: ``constant``; ``cosine`` (linear warm-up over
+        ``warmup`` of the run, then cosine to 0); ``onecycle`` (from lr/25 up to lr over
+        ``warmup``, then cosine down to lr/1e4).
+    warmup: fraction of the run spent warming up (cosine, onecycle).
+    compile: ``torch.compile`` the U-Net (pays on GPUs and for long runs; the first step
+        compiles, ~20-40 s on a CPU).
+    symmetric: register every pair in both directions per step: the loss is averaged over
+        moving->fixed and fixed->moving (backward = exp(-v) for a diffeomorphic model, no
+        extra U-Net pass; else the network runs on the swapped pair too).
+    grad_clip: max global gradient norm (0 = off).
+    rising_patience: stop as ``diverged_rising`` after this many consecutive epochs whose
+        validation loss (fixed pairs) is above the best so far by ``rising_tolerance`` (relative).
+    collapse_intensity: stop as ``collapsed`` when the mean warped intensity falls below
+        this fraction of the mean moving intensity.
+    collapse_outside: stop as ``collapsed`` when more than this fraction of sample points
+        fall outside the volume.
+    best_metric / best_mode / best_folding_limit_pct / best_folding_penalty: what "best"
+        means (the one definition everything uses: best.pt, a study's trial score, the
+        study's best trial): score = +-best_metric - best_folding_penalty x max(0, folding
+        % - best_folding_limit_pct), higher is better; see :mod:`regtune.objective`.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 4
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    grad_clip: float = 10.0
+    amp: bool = False
+    channels_last: bool = True
+    seed: int = 0
+    max_minutes: float = 0.0
+    rising_patience: int = 3
+    rising_tolerance: float = 0.05
+    collapse_intensity: float = 0.5
+    collapse_outside: float = 0.25
+    threads: int = 0
+    schedule: str = "constant"
+    warmup: float = 0.05
+    symmetric: bool = False
+    compile: bool = False
+    best_metric: str = "val_dice"
+    best_mode: str = "max"
+    best_folding_limit_pct: float = 0.5
+    best_folding_penalty: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.lr) and 0 < self.lr <= 10, "train.lr", f"must be in (0, 10], got {self.lr}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0 (0 = no limit), got {self.max_minutes}")
+        _check(self.rising_patience >= 1, "train.rising_patience", f"must be >= 1, got {self.rising_patience}")
+        _check(0 < self.collapse_intensity < 1, "train.collapse_intensity", f"must be in (0, 1), got {self.collapse_intensity}")
+        _check(0 < self.collapse_outside <= 1, "train.collapse_outside", f"must be in (0, 1], got {self.collapse_outside}")
+        _check(self.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {self.threads}")
+        _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
+        _check(self.best_metric in BEST_METRICS, "train.best_metric", f"must be one of {BEST_METRICS}, got {self.best_metric!r}")
+        _check(self.best_mode in ("max", "min"), "train.best_mode", f"must be max or min, got {self.best_mode!r}")
+        _check(math.isfinite(self.best_folding_limit_pct) and self.best_folding_limit_pct >= 0, "train.best_folding_limit_pct",
+               f"must be a number >= 0, got {self.best_folding_limit_pct}")
+        _check(math.isfinite(self.best_folding_penalty) and self.best_folding_penalty >= 0, "train.best_folding_penalty",
+               f"must be a number >= 0, got {self.best_folding_penalty}")
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """On-the-fly augmentation of training pairs, batched on the training device (no NIfTI
+    work per step). Spatial augmentation moves image and label maps together; each image
+    of a pair gets its own random draw except ``flip``, which flips both images of a pair
+    the same way (the pair stays a plausible pair). All 0 = off.
+
+    flip: probability, per axis, of flipping a pair.
+    rotate: maximum rotation in degrees (uniform in [-rotate, rotate] about each axis).
+    scale: maximum relative scaling (uniform log-scale in [-scale, scale] per axis).
+    shear: maximum shear (uniform in [-shear, shear] per off-diagonal term).
+    gamma: maximum |log gamma| of a random intensity gamma (images are in [0, 1]).
+    noise: standard deviation of additive Gaussian noise (images are in [0, 1]).
+    """
+
+    flip: float = 0.0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.flip <= 1, "aug.flip", f"must be a probability in [0, 1], got {self.flip}")
+        _check(0 <= self.rotate <= 45, "aug.rotate", f"must be in [0, 45] degrees, got {self.rotate}")
+        for k, hi in (("scale", 0.5), ("shear", 0.5), ("gamma", 1.0), ("noise", 0.5)):
+            v = getattr(self, k)
+            _check(math.isfinite(v) and 0 <= v <= hi, f"aug.{k}", f"must be in [0, {hi}], got {v}")
+
+    @property
+    def spatial(self) -> bool:
+        return self.rotate > 0 or self.scale > 0 or self.shear > 0
+
+    @property
+    def any(self) -> bool:
+        return self.flip > 0 or self.spatial or self.gamma > 0 or self.noise > 0
+
+
+@dataclass(frozen=True)
+class AmortiseConfig:
+    """Loss weights the network is conditioned on (HyperMorph-style amortisation, see
+    :mod:`regtune.amortise`); empty ``ranges`` = an ordinary network.
+
+    ranges: ``KEY=LOW:HIGH[:log]`` per amortised loss weight (``loss.reg_weight``,
+        ``loss.sim_weight``, ``loss.dice_weight``, ``loss.jacobian_weight``,
+        ``loss.ic_weight``); ``regtune train --amortise`` sets it. The config's own value of
+        an amortised weight is not used: each training sample draws its own.
+    method: ``film`` (per-channel scale and shift of every conv block from a small MLP of
+        the weights) or ``hyper`` (a HyperMorph hypernetwork: every conv's weights are
+        W + H(MLP(weights)), per sample).
+    hidden / depth: width and number of hidden layers of the MLP.
+    end_prob: fraction of the draws put exactly on an end of a range (half on each end).
+    """
+
+    ranges: tuple[str, ...] = ()
+    method: str = "film"
+    hidden: int = 64
+    depth: int = 2
+    end_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        from .amortise import METHODS, parse_ranges
+
+        parse_ranges(self.ranges)
+        _check(self.method in METHODS, "amortise.method", f"must be one of {METHODS}, got {self.method!r}")
+        _check(1 <= self.hidden <= 1024, "amortise.hidden", f"must be in [1, 1024], got {self.hidden}")
+        _check(1 <= self.depth <= 8, "amortise.depth", f"must be in [1, 8], got {self.depth}")
+        _check(0 <= self.end_prob < 1, "amortise.end_prob", f"must be in [0, 1), got {self.end_prob}")
