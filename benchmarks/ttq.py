@@ -65,7 +65,7 @@ def run_regtune(ctx: Context, vols, split, tpairs, out_dir) -> Row:
     from regtune.config import Config
     from regtune.model import RegNet, predict_field
     from regtune.train import train
-    over = {"train.max_minutes": ctx.minutes}
+    over = {"train.max_minutes": ctx.minutes, "train.epochs": 0}  # what `regtune train --max-minutes M` sets
     if ctx.quick:
         over.update({"data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2, "train.epochs": 2, "train.steps_per_epoch": 3,
                      "train.batch_size": 2})

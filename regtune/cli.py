@@ -47,10 +47,28 @@ def _config(args: argparse.Namespace):
         overrides.append(f"data.root={args.data}")
     if getattr(args, "max_minutes", None) is not None:
         overrides.append(f"train.max_minutes={args.max_minutes}")
+        if not _sets_epochs(args.config, overrides):  # --max-minutes M alone: M minutes, not "M or 20 epochs"
+            overrides.insert(0, "train.epochs=0")
     from .amortise_cli import amortise_override
 
     overrides += amortise_override(args)  # regtune train --amortise KEY=LOW:HIGH[:log]
     return Config.load(args.config, overrides)
+
+
+def _sets_epochs(path: str | None, overrides: list[str]) -> bool:
+    """Whether the user gave train.epochs (a --set, or the config file's train: section)."""
+    if any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
+        return True
+    if not path or not Path(path).is_file():
+        return False
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        return False  # Config.load reports it
+    train = doc.get("train") if isinstance(doc, dict) else None
+    return isinstance(train, dict) and "epochs" in train
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -144,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_amortise_arg(t)
     t.add_argument("--out", metavar="DIR", help="run folder (default regtune-runs/train-<time>)")
-    t.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (sets train.max_minutes)")
+    t.add_argument("--max-minutes", type=float, metavar="M", help="train for M minutes (sets train.max_minutes; the epoch count stops limiting the "
+                        "run unless train.epochs is given too, by --set or the config file: then whichever comes first)")
     t.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:1, ...")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--from-study", metavar="NAME", help="train the model of study NAME again: its best_config.yaml (--set still applies)")

@@ -146,9 +146,11 @@ class LossConfig:
 class TrainConfig:
     """Optimisation, budget and divergence guards.
 
+    epochs: epochs to train; 0 = no epoch limit, the run lasts ``max_minutes`` (what
+        ``regtune train --max-minutes M`` sets unless ``train.epochs`` is given too).
     steps_per_epoch: optimiser steps between validations.
     max_minutes: wall-clock budget (0 = none); training stops when it is spent (the
-        epoch in progress is cut short and validated).
+        epoch in progress is cut short and validated), or at ``epochs``, whichever first.
     schedule: learning-rate schedule over the run's progress, where progress is the larger
         of (steps done / epochs x steps_per_epoch) and (time spent / max_minutes), so a
         wall-clock budget anneals to its end: ``constant``; ``cosine`` (linear warm-up over
@@ -199,7 +201,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(math.isfinite(self.lr) and 0 < self.lr <= 10, "train.lr", f"must be in (0, 10], got {self.lr}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.epochs >= 0, "train.epochs", f"must be >= 1, or 0 for no epoch limit, got {self.epochs}")
+        _check(self.epochs > 0 or self.max_minutes > 0, "train.epochs",
+               "0 (no epoch limit) needs a wall-clock budget: set train.max_minutes (--max-minutes M) or train.epochs >= 1")
         _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0 (0 = no limit), got {self.max_minutes}")

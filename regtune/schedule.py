@@ -2,7 +2,8 @@
 
 progress = max(steps done / (epochs x steps_per_epoch), seconds spent / (max_minutes x 60)),
 so a run bounded by ``--max-minutes`` anneals to the end of its time, and one bounded by
-its epochs anneals to its last step, whichever comes first.
+its epochs anneals to its last step, whichever comes first (``train.epochs: 0``: no epoch
+limit, the time budget alone).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .config import TrainConfig
 
 
 def progress(t: TrainConfig, step: int, seconds: float) -> float:
-    p = step / float(t.epochs * t.steps_per_epoch)
+    p = step / float(t.epochs * t.steps_per_epoch) if t.epochs else 0.0  # epochs 0: the time budget alone
     if t.max_minutes > 0:
         p = max(p, seconds / (60.0 * t.max_minutes))
     return min(1.0, max(0.0, p))

@@ -14,6 +14,7 @@ Statuses a run ends with (``TrainResult.status``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -237,11 +238,13 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
     status, reason = "completed", f"{t.epochs} epochs"
     sync_every = 1 if device.type == "cpu" else 25
     epoch = start_epoch
-    for epoch in range(start_epoch + 1, t.epochs + 1):
+    # train.epochs = 0: no epoch limit, the wall-clock budget (train.max_minutes, required then) ends the run
+    epochs = range(start_epoch + 1, t.epochs + 1) if t.epochs else itertools.count(start_epoch + 1)
+    for epoch in epochs:
         te = time.monotonic()
         budget_hit = False
         n_steps = 0
-        bar = _progress_bar(progress, t.steps_per_epoch, f"epoch {epoch}/{t.epochs}")
+        bar = _progress_bar(progress, t.steps_per_epoch, f"epoch {epoch}/{t.epochs}" if t.epochs else f"epoch {epoch}")
         for _ in range(t.steps_per_epoch):
             out_step = trainer.step()
             n_steps += 1

@@ -131,3 +131,17 @@ def test_help_and_synth(tmp_path, capsys):
     assert e.value.code == 0
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--subjects", "3", "--size", "16"]) == 0
     assert len(list((tmp_path / "s" / "imagesTr").iterdir())) == 3
+
+
+def test_max_minutes_alone_is_a_time_budget_not_capped_by_the_default_epochs(tmp_path):
+    from regtune.cli import _config, build_parser
+
+    def cfg(*argv):
+        return _config(build_parser().parse_args(["train", *argv])).train
+
+    assert (cfg("--max-minutes", "5").epochs, cfg("--max-minutes", "5").max_minutes) == (0, 5.0)
+    assert cfg("--max-minutes", "5", "--set", "train.epochs=7").epochs == 7  # given: whichever comes first
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 9\n")
+    assert cfg("--config", str(f), "--max-minutes", "5").epochs == 9
+    assert cfg().epochs == 20  # no budget: the default epochs

@@ -7,6 +7,7 @@ import torch
 
 from regtune.config import Config
 from regtune.data import load_folder
+from regtune.errors import ConfigError
 from regtune.data.pairs import Split
 from regtune.losses import combine, loss_terms
 from regtune.model import warp
@@ -123,6 +124,22 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
     assert all(torch.equal(a[k], b[k]) for k in a), "weights after resume differ from the uninterrupted run"
     for h1, h2 in zip(full.history, resumed.history):
         assert h1["train_loss"] == h2["train_loss"] and h1["lr"] == h2["lr"]
+
+
+def test_no_epoch_limit_trains_until_the_budget(vols, tmp_path):
+    """train.epochs 0 (what --max-minutes alone sets): epochs go on past any count until the
+    time is spent (here a hook stops it at epoch 4 of a 10-minute budget)."""
+    cfg = tiny(**{"train.max_minutes": 10.0, "train.epochs": 0, "train.steps_per_epoch": 1, "loss.dice_weight": 0.0})
+
+    def stop_at_4(e):
+        if e.epoch == 4:
+            raise StopTraining("enough")
+
+    res = train(cfg, vols, tmp_path, progress=False, split=SPLIT, on_epoch=stop_at_4)
+    assert (res.status, res.epochs, res.steps) == ("stopped", 4, 4)
+    assert progress(cfg.train, 10**6, 300.0) == pytest.approx(0.5)  # the time budget alone sets the pace
+    with pytest.raises(ConfigError, match="train.epochs.*needs a wall-clock budget"):
+        tiny(**{"train.epochs": 0})
 
 
 def test_wall_clock_budget_ends_training_and_is_recorded(vols, tmp_path):

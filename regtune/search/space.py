@@ -297,6 +297,9 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
         base = base.with_values(objective.config_values(), source=f"{src} objective")
     except ConfigError as e:
         raise SpaceError(str(e)) from None
+    if base.train.epochs < 1:  # ASHA's rungs and the trial budget are epochs
+        raise _err(src, "base.train.epochs", "a study's trials need a number of epochs (>= 1); "
+                   "use budget.time_limit_minutes for the study's wall-clock limit")
     b_doc = _mapping(src, "budget", doc.get("budget"))
     fields_b = {"num_samples": True, "max_concurrent": True, "grace_period": True, "reduction_factor": True, "time_limit_minutes": False}
     for k in b_doc:
