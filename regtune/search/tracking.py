@@ -198,6 +198,14 @@ class StudyTracker(tune.Callback):
                 tags.append(RunTag(f"regtune.{k}", str(result[k])))
         if result.get("resumed_from_epoch"):
             tags.append(RunTag("regtune.resumed_from_epoch", str(result["resumed_from_epoch"])))
+        # a trial restored from an older checkpoint than its last report (its node was lost after
+        # it reported) trains those epochs again, bit for bit (exact resume): log each epoch once
+        logged = self.state.setdefault("logged_epoch", {})
+        if step <= int(logged.get(trial.trial_id, 0)):
+            metrics = []
+        else:
+            logged[trial.trial_id] = step
+            self._save()
         self.client.log_batch(rid, metrics=metrics, tags=tags)
         self.last[trial.trial_id] = dict(result)
         self.epoch_seconds[trial.trial_id] = self.epoch_seconds.get(trial.trial_id, 0.0) + float(result.get("epoch_seconds", 0.0))
