@@ -109,3 +109,31 @@ def test_too_short_is_told_apart_from_no_motion():
     assert classify(trial([0.600, 0.602, 0.609, 0.615]), 0.60, 0.5) == TOO_SHORT  # still rising: more steps would move it
     assert classify(trial([0.600, 0.601, 0.600, 0.601]), 0.60, 0.5) == NO_MOTION  # flat: over-regularised or stuck
     assert classify(trial([0.600, 0.700, 0.750, 0.760]), 0.60, 0.5) == "converged"
+    # it moved, but every epoch that moved folded past the limit, so its best score is the unmoved
+    # first epoch: folding, not too short (the real-data study's plain-displacement trials)
+    folded = trial([0.600, 0.650, 0.700, 0.720])
+    folded.metrics["best_val_dice"] = 0.600
+    folded.history["val_folding_pct"] = [(1, 0.0), (2, 0.9), (3, 1.2), (4, 1.5)]
+    assert classify(folded, 0.60, 0.5) == "folding"
+    folded.history["val_folding_pct"] = [(1, 0.0), (2, 0.9), (3, 0.2), (4, 1.5)]  # one regular epoch that moved
+    assert classify(folded, 0.60, 0.5) != "folding"
+
+
+def test_folding_trials_get_their_rule_in_the_findings():
+    """Trials that moved only by folding are named with the parameter that sets them apart
+    (on the real-data study: plain displacement, model.int_steps 0)."""
+    from regtune.search.diagnose.analysis import Diagnosis, TrialInfo, separators
+    from regtune.search.diagnose.report import explain
+    from regtune.search.space import parse_space
+
+    space = parse_space({"name": "f", "params": {"model.int_steps": {"type": "categorical", "choices": [0, 7]}},
+                         "objective": {"metric": "val_dice", "mode": "max", "folding_limit_pct": 0.005}}, "f.yaml")
+    trials = []
+    for i, steps in enumerate([0, 0, 0, 7, 7, 7]):
+        t = TrialInfo(f"t{i}", "r", {"model.int_steps": steps}, "completed", "", {})
+        t.cls = "folding" if steps == 0 else "converged"
+        trials.append(t)
+    d = Diagnosis(space, "p", trials, 0.5, {}, {}, [], {}, {})
+    d.folding_rules = separators(space, trials, classes=("folding",))
+    line = next(ln for ln in explain(d) if "folded" in ln)
+    assert "3 trial(s)" in line and "model.int_steps" in line and "6/6" in line, line

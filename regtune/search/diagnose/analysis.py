@@ -68,6 +68,7 @@ class Diagnosis:
     importance_source: str = ""  # which study and evaluator the importances come from
     no_motion_rules: list[dict] = field(default_factory=list)
     no_motion_why: dict[str, str] = field(default_factory=dict)  # trial id -> its cause
+    folding_rules: list[dict] = field(default_factory=list)  # what sets the folding trials apart
     optuna_study: Any = None  # the persisted optuna.Study (None when optuna.db is not reachable)
 
     def counts(self) -> dict[str, int]:
@@ -98,6 +99,15 @@ def still_improving(t: TrialInfo) -> bool:
     return tail[-1] >= max(h) - 1e-9 and tail[-1] - tail[0] >= RISING
 
 
+def moved_only_by_folding(t: TrialInfo, noreg_dice: float, folding_limit: float) -> bool:
+    """Every epoch that registered (Dice above the no-registration level) folded past the
+    objective's limit, so the best-scoring epoch is an unmoved one: a folding trial, not a
+    too-short or over-regularised one (typical of plain displacement, model.int_steps 0)."""
+    fold = dict(t.history.get("val_folding_pct", []))
+    moved = [(e, d) for e, d in t.history.get("val_dice", []) if math.isfinite(d) and d >= noreg_dice + NO_MOTION_MARGIN]
+    return bool(moved) and all(fold.get(e, 0.0) > folding_limit for e, _ in moved)
+
+
 def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
     st = t.status
     if st == "diverged_nan":
@@ -117,6 +127,8 @@ def classify(t: TrialInfo, noreg_dice: float, folding_limit: float) -> str:
     if math.isfinite(fold) and fold > folding_limit:
         return "folding"
     if math.isfinite(noreg_dice) and math.isfinite(dice) and dice < noreg_dice + NO_MOTION_MARGIN:
+        if moved_only_by_folding(t, noreg_dice, folding_limit):
+            return "folding"
         return TOO_SHORT if still_improving(t) else NO_MOTION
     if st == "stopped_early":
         return "stopped early"
@@ -332,6 +344,8 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
     d.separators = separators(space, trials)
     d.no_motion_rules = separators(space, [t for t in trials if t.cls not in DIVERGED], classes=(NO_MOTION,))
     d.no_motion_why = no_motion_causes(space, trials)
+    if any(t.cls == "folding" for t in trials):
+        d.folding_rules = separators(space, [t for t in trials if t.cls not in DIVERGED], classes=("folding",))
     d.safe_ranges = safe_ranges(space, trials)
     d.next_space = next_space(space, trials)
     return d, client

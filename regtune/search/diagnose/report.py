@@ -67,6 +67,13 @@ def explain(d: Diagnosis) -> list[str]:
         lines.append(f"{len(ts)} trial(s) were **too short**, not over-regularised: near the no-registration Dice but still "
                      f"improving at their last epoch (" + "; ".join(_fmt_params(t.params) for t in ts[:3])
                      + "); a longer budget (promote:) would tell where they end.")
+    fo = [t for t in d.trials if t.cls == "folding"]
+    if fo:
+        rule = next((r for r in d.folding_rules if r["beats_baseline"]), None)
+        lines.append(f"{len(fo)} trial(s) **folded** past the objective's limit ({d.space.objective.folding_limit_pct:g} %) "
+                     f"whenever they registered, so their best-scoring epoch is an unmoved one"
+                     + (f"; best explained by **{rule['param']}**: {_rule(rule)}" if rule else
+                        "; no single parameter sets them apart better than the majority-class baseline") + ".")
     rising = [t for t in d.trials if t.cls == "converged" and _improving(t)]
     if rising:
         lines.append(f"{len(rising)} converged trial(s) were still improving at their last epoch: the search budget is "
@@ -149,7 +156,7 @@ def write_report(d: Diagnosis, client, out_dir: Path) -> Path:
         "trials": [{"trial_id": t.trial_id, "class": t.cls, "status": t.status, "params": t.params,
                     "best_val_dice": t.metrics.get("best_val_dice")} for t in d.trials],
         "importance_objective": d.importance_objective, "importance_divergence": d.importance_divergence,
-        "separators": d.separators, "no_motion_rules": d.no_motion_rules, "importance_source": d.importance_source,
+        "separators": d.separators, "no_motion_rules": d.no_motion_rules, "folding_rules": d.folding_rules, "importance_source": d.importance_source,
         "safe_ranges": d.safe_ranges}, indent=1, default=str))
     return out / "report.html"
 
