@@ -152,7 +152,7 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     paths = write_outputs(out, res, model, cfg, vols, checkpoint=str(args.checkpoint), device=device)
     rid = ""
     if not args.no_mlflow:
-        from .search.tracking import sqlite_uri
+        from .search.store import sqlite_uri
 
         uri = args.tracking_uri or sqlite_uri(Path(args.runs_dir) / "mlflow.db")
         rid = track(res, uri, args.experiment, checkpoint=str(args.checkpoint), artifacts=paths)

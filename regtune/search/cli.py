@@ -84,7 +84,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = load_space(args.space).with_overrides(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                                                   cpu=args.cpus_per_trial, gpu=args.gpus_per_trial)
     from .study import StudyOptions, format_table, resume_command, run_study
-    from .tracking import open_ui_command
+    from .store import open_ui_command
 
     opts = StudyOptions(space=space, data=args.data, name=args.name, resume=args.resume, address=args.address,
                         tracking_uri=args.tracking_uri, storage_path=args.storage_path, runs_dir=Path(args.runs_dir),

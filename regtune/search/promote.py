@@ -160,7 +160,7 @@ def write_study_model(opts, space, res, vols) -> dict[str, Any]:
 
     from ..checkpoint import load_checkpoint
     from ..evaluate import evaluate_pairs, summarise
-    from .tracking import open_client
+    from .store import open_client
 
     study_dir = Path(opts.study_dir)
     promoted = bool(res.promoted)
@@ -266,7 +266,7 @@ def study_config(runs_dir: str | Path, name: str, trial: str | None = None) -> P
                            f"{', ...' if len(runs) > 8 else ''})")
     info = json.loads((d / "study.json").read_text()) if (d / "study.json").is_file() else {}
     from ..checkpoint import load_checkpoint
-    from .tracking import open_client
+    from .store import open_client
 
     client = open_client(info.get("tracking_uri") or f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,8 @@ from .ray_env import catch_interrupt, check_resources, check_storage, cluster_ho
 from .ray_env import slots as trial_slots
 from .space import DefineByRun, SearchSpace
 from .table import format_table, trial_rows
-from .tracking import StudyTracker, file_lock, sqlite_uri
+from .store import file_lock, sqlite_uri
+from .tracking import StudyTracker
 
 RUNS = Path("regtune-runs")
 
@@ -179,7 +180,7 @@ def run_study(opts: StudyOptions) -> StudyResult:
 
     # ---- data: loaded and normalised once, shared with every trial; refused here if no trial could run
     from ..data.source import load_data
-    from .tracking import is_tty
+    from .store import is_tty
     from .trainable import run_trial, volumes_payload
 
     data_cfg = space.base.with_values({"data.root": opts.data}).data

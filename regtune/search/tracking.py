@@ -12,10 +12,8 @@ study keeps writing to the same runs. Statuses and scores come from
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,49 +23,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from ..objective import is_diverged_score
 from .outcome import SCORE_KEY, final_status, ranked, trial_score
 from .space import SearchSpace
+from .store import file_lock, is_tty, open_client, open_ui_command, sqlite_uri  # noqa: F401 (re-exported)
 
 STATUS_TAG = "regtune.status"
-
-
-def sqlite_uri(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock (fcntl) held for the block; other processes wait."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def open_client(uri: str) -> MlflowClient:
-    """An MlflowClient whose store exists. A local SQLite store is created (schema and
-    migrations) under a file lock next to it: two studies started at once in a fresh
-    folder would otherwise race on the schema (``duplicate column name``)."""
-    if not uri.startswith("sqlite:///"):
-        return MlflowClient(uri)
-    db = Path(uri[len("sqlite:///"):])
-    with file_lock(db.with_name(db.name + ".lock")):  # MlflowClient creates (and migrates) the store in its constructor
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
-    return client
-
-
-def is_tty() -> bool:
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 class StudyTracker(tune.Callback):
@@ -235,8 +196,6 @@ class StudyTracker(tune.Callback):
                 t.trial_id, t.status.lower())
             counts[st.lower()] = counts.get(st.lower(), 0) + 1
         rows = [{"trial_id": t.trial_id, "score": self.last.get(t.trial_id, {}).get(SCORE_KEY)} for t in trials]
-        from ..objective import is_diverged_score
-
         # a diverged trial's -1e9 is never "best": until a trial scores, the line says so
         best = next((r for r in ranked(rows) if r["score"] is not None and not is_diverged_score(r["score"])), None)
         what = "promotion" if self.kind == "promoted" else "study"
@@ -400,10 +359,6 @@ def _tracked(key: str) -> bool:
     return key.startswith(("train_", "val_", "lambda.", "best_lambda.", "ref_val_", "weight_search_")) \
         or key in ("best_epoch",) or key in ("score", SCORE_KEY, "epoch_seconds", "figure_seconds",
                                              "data_zero_copy", "diverged", "lr", "resumed_from_epoch")
-
-
-def open_ui_command(uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 __all__ = ["StudyTracker", "sqlite_uri", "open_ui_command", "open_client", "file_lock", "is_tty"]
