@@ -273,6 +273,10 @@ class AmortiseConfig:
         W + H(MLP(weights)), per sample).
     hidden / depth: width and number of hidden layers of the MLP.
     end_prob: fraction of the draws put exactly on an end of a range (half on each end).
+    normalise: divide each training sample's loss by the sum of its loss weights, so the
+        loss is a convex combination of the terms (HyperMorph's ``(1 - l) sim + l reg``)
+        and samples that drew large weights do not dominate the batch's gradient. Each
+        sample's minimiser is unchanged (a positive factor per sample).
     """
 
     ranges: tuple[str, ...] = ()
@@ -280,6 +284,7 @@ class AmortiseConfig:
     hidden: int = 64
     depth: int = 2
     end_prob: float = 0.2
+    normalise: bool = False
 
     def __post_init__(self) -> None:
         from .amortise import METHODS, parse_ranges

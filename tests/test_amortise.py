@@ -86,6 +86,19 @@ def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_over
     assert not torch.equal(s.draw(4)[0], s.draw(4)[0])  # per sample, per step
 
 
+def test_normalised_weights_are_a_convex_combination_with_the_drawn_ratios():
+    vals = {"amortise.ranges": ["loss.reg_weight=0.01:100:log"], "loss.sim_weight": 1.0, "loss.dice_weight": 0.5}
+    plain = LambdaSampler(Config().with_values(vals), seed=5)
+    norm = LambdaSampler(Config().with_values({**vals, "amortise.normalise": True}), seed=5)
+    (u0, w0), (u1, w1) = plain.draw(64), norm.draw(64)
+    assert torch.equal(u0, u1)  # the same draws, only rescaled
+    total = sum(w1.values())
+    assert torch.allclose(total, torch.ones(64))
+    # every sample keeps its ratios (its minimiser): reg/sim is the drawn weight, dice/sim the config's
+    assert torch.allclose(w1["reg"] / w1["sim"], w0["reg"], rtol=1e-5)
+    assert torch.allclose(w1["dice"] / w1["sim"], torch.full((64,), 0.5))
+    assert torch.allclose(w1["sim"], 1.0 / (1.5 + w0["reg"]))
+
 def test_ordinary_network_has_no_conditioner_and_the_same_weights(vols):
     torch.manual_seed(0)
     plain = build_model(tiny())

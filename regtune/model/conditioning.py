@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..amortise import WeightRange, ranges_of
+from ..losses import WEIGHT_KEYS
 from .unet import ConvBlock, RegNet
 
 
@@ -171,12 +172,16 @@ class LambdaSampler:
     """Per-sample loss weights for training: ``draw(n)`` -> (u (n, K), {term: (n,) weights}).
 
     Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
-    draws sit exactly on an end (half on each), as HyperMorph oversamples 0 and 1.
+    draws sit exactly on an end (half on each), as HyperMorph oversamples 0 and 1. With
+    ``amortise.normalise`` the returned weights of every term (the fixed ones too) are
+    divided per sample by their sum.
     """
 
     def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0):
         self.ranges = ranges_of(cfg)
         self.end_prob = cfg.amortise.end_prob
+        self.normalise = cfg.amortise.normalise
+        self.fixed = {k: float(getattr(cfg.loss, w)) for k, w in WEIGHT_KEYS.items()}
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(seed))
@@ -195,7 +200,12 @@ class LambdaSampler:
         log = torch.exp(self._llo + u * (self._lhi - self._llo))
         # float32 exp(log) misses the ends by ~1e-4 relative: clamp, so the ends are exact and never outside
         v = torch.minimum(torch.maximum(torch.where(self._log, log, lin), self._lo), self._hi)
-        return {r.term: v[:, i] for i, r in enumerate(self.ranges)}
+        out = {r.term: v[:, i] for i, r in enumerate(self.ranges)}
+        if self.normalise:
+            full = {k: out.get(k, torch.full_like(v[:, 0], w)) for k, w in self.fixed.items()}
+            total = sum(full.values()).clamp_min(1e-12)
+            out = {k: w / total for k, w in full.items()}
+        return out
 
     def draw(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         k = len(self.ranges)

@@ -72,7 +72,7 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     params, epochs, mode, sources, notes = {}, {}, {}, {}, []
     for r in top:
         tid = r["trial_id"]
-        params[tid] = {k: v for k, v in r["params"].items() if not k.startswith("regtune.")}
+        params[tid] = {**{k: v for k, v in r["params"].items() if not k.startswith("regtune.")}, **dict(p.set)}
         cfg = space.trial_config(params[tid])
         if p.epochs:
             epochs[tid] = int(p.epochs)
@@ -83,7 +83,11 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
             epochs[tid] = max(cfg.train.epochs, int(60.0 * p.minutes // max(per, 1e-6)))
             notes.append(f"trial {tid}: {p.minutes:g} min at {per:.1f} s/epoch (measured in the search) -> {epochs[tid]} epochs")
         m = p.mode
-        if m == "continue" and cfg.train.schedule != "constant":
+        if m == "continue" and p.set:
+            m = "retrain"
+            notes.append(f"trial {tid}: retrained, not continued: promote.set changes "
+                         f"{', '.join(k for k, _ in p.set)}, which the search's run did not train with")
+        elif m == "continue" and cfg.train.schedule != "constant":
             m = "retrain"
             notes.append(f"trial {tid}: retrained, not continued: train.schedule={cfg.train.schedule} anneals over the "
                          f"whole budget, so the search's shorter run is not the start of the full one")

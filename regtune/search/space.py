@@ -88,6 +88,8 @@ class Promote:
     learning-rate schedule is constant; other schedules are retrained) or ``retrain`` from scratch.
     cpu / gpu: resources of each promoted trial (0 / unset: the search trials' ``resources``);
     a single promoted trial can take the whole machine the search shared between trials.
+    set: config values for the promoted trials only (``{train.schedule: cosine, aug.flip:
+    0.5}``): levers that pay only over the full budget; a trial given any is retrained.
     """
 
     top_k: int = 1
@@ -96,6 +98,7 @@ class Promote:
     mode: str = "continue"
     cpu: float = 0.0
     gpu: float | None = None
+    set: tuple[tuple[str, Any], ...] = ()
 
     def resources(self, search: "Resources") -> "Resources":
         return Resources(cpu=self.cpu or search.cpu, gpu=search.gpu if self.gpu is None else self.gpu)
@@ -335,12 +338,17 @@ def _promote(src: str, doc: Any, base: Config) -> Promote | None:
     if doc is None:
         return None
     doc = _mapping(src, "promote", doc)
-    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None, "cpu": False, "gpu": False}
+    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None, "cpu": False, "gpu": False, "set": None}
     for k in doc:
         if k not in allowed:
             raise _err(src, f"promote.{k}", f"unknown field (allowed: {', '.join(allowed)})")
-    vals = {k: _num(src, f"promote.{k}", v, allowed[k]) for k, v in doc.items() if k != "mode"}
-    p = Promote(**vals, mode=doc.get("mode", "continue"))
+    vals = {k: _num(src, f"promote.{k}", v, allowed[k]) for k, v in doc.items() if k not in ("mode", "set")}
+    sets = dict(_mapping(src, "promote.set", doc.get("set") or {}))
+    try:
+        base.with_values(sets, source=f"{src} promote.set")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+    p = Promote(**vals, mode=doc.get("mode", "continue"), set=tuple(sets.items()))
     if p.top_k < 1:
         raise _err(src, "promote.top_k", f"must be >= 1, got {p.top_k}")
     if (p.epochs > 0) == (p.minutes > 0):

@@ -65,8 +65,9 @@ def agree(runs: Path, name: str, stdout: str) -> dict[str, str]:
 
 
 def test_ctrl_c_then_resume_then_promote_then_train_from_study(synth_dir, tmp_path):
-    # the promoted trial takes both CPUs the two search trials shared (promote.cpu)
-    sp = space(tmp_path / "s.yaml", "sig", promote={"top_k": 1, "epochs": 5, "cpu": 2})
+    # the promoted trial takes both CPUs the two search trials shared (promote.cpu) and a
+    # lever of its own (promote.set), so it is retrained from scratch
+    sp = space(tmp_path / "s.yaml", "sig", promote={"top_k": 1, "epochs": 5, "cpu": 2, "set": {"aug.flip": 0.5}})
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "regtune", "search", "--space", str(sp), "--data", str(synth_dir), "--runs-dir", str(runs)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -101,11 +102,11 @@ def test_ctrl_c_then_resume_then_promote_then_train_from_study(synth_dir, tmp_pa
     model = json.loads((runs / "studies" / "sig" / "test_scores.json").read_text())
     assert model["promoted"] and model["promoted_from"] in after and "the study's model: promoted trial" in promoted.stdout
     assert "(2 CPU, 0 GPU each)" in promoted.stdout, promoted.stdout[-2000:]
-    # best_config.yaml is the config of the checkpoint that is the model: a promoted epoch's
-    # (2 threads, the full 5 epochs) or, if the search's epochs stayed best, that trial's
+    assert "retrained, not continued: promote.set changes aug.flip" in promoted.stdout, promoted.stdout[-2000:]
+    # best_config.yaml is the config of the checkpoint that is the model: the retrained
+    # trial's (2 threads, the full 5 epochs, promote.set's lever)
     best_cfg = yaml.safe_load((runs / "studies" / "sig" / "best_config.yaml").read_text())
-    if model["epoch"] > 4:
-        assert best_cfg["train"]["threads"] == 2 and best_cfg["train"]["epochs"] == 5, (model["epoch"], best_cfg["train"])
+    assert (best_cfg["train"]["threads"], best_cfg["train"]["epochs"], best_cfg["aug"]["flip"]) == (2, 5, 0.5), best_cfg
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{(runs / 'mlflow.db').resolve()}")

@@ -68,7 +68,9 @@ def test_promote_block_and_resource_overrides():
     assert s.promote.top_k == 2 and s.promote.minutes == 5 and s.promote.mode == "continue"
     for doc, frag in (({"top_k": 1}, "one of epochs"), ({"epochs": 2}, "promote.epochs"), ({"epochs": 9, "mode": "x"}, "promote.mode"),
                       ({"epochs": 9, "k": 1}, "promote.k"), ({"epochs": 9, "cpu": 0}, "promote.cpu.*> 0"),
-                      ({"epochs": 9, "gpu": 1.5}, "promote.gpu")):
+                      ({"epochs": 9, "gpu": 1.5}, "promote.gpu"), ({"epochs": 9, "set": {"aug.flipp": 1}}, "promote.set.*aug.flipp"),
+                      ({"epochs": 9, "set": {"aug.flip": 2}}, "promote.set.*aug.flip.*probability"),
+                      ({"epochs": 9, "set": [1]}, "promote.set")):
         with pytest.raises(SpaceError, match=frag):
             parse_space({**GOOD, "promote": doc}, "x")
     # a promoted trial's resources: its own where given, else the search trials'
@@ -76,6 +78,8 @@ def test_promote_block_and_resource_overrides():
     p = parse_space({**GOOD, "promote": {"top_k": 1, "epochs": 9, "cpu": 2}}, "x").promote
     assert (p.resources(s.resources).cpu, p.resources(s.resources).gpu) == (2, s.resources.gpu)
     assert parse_space({**GOOD, "promote": {"epochs": 9, "gpu": 0.5}}, "x").promote.resources(s.resources).gpu == 0.5
+    p = parse_space({**GOOD, "promote": {"epochs": 9, "set": {"train.schedule": "cosine", "aug.flip": 0.5}}}, "x").promote
+    assert dict(p.set) == {"train.schedule": "cosine", "aug.flip": 0.5}
     o = s.with_overrides(cpu=2, gpu=0.25, num_samples=3)
     assert (o.resources.cpu, o.resources.gpu, o.budget.num_samples) == (2, 0.25, 3)
     with pytest.raises(SpaceError, match="--gpus-per-trial.*resources.gpu"):
