@@ -272,7 +272,10 @@ class AmortiseConfig:
         the weights) or ``hyper`` (a HyperMorph hypernetwork: every conv's weights are
         W + H(MLP(weights)), per sample).
     hidden / depth: width and number of hidden layers of the MLP.
-    end_prob: fraction of the draws put exactly on an end of a range (half on each end).
+    end_prob: fraction of the draws put exactly on an end of a range.
+    end_high: the share of those on the high end (0.5: half on each end). The high end of
+        a regulariser's weight is the slowest regime to learn (strong smoothing of large
+        deformations), so it can be given more of the draws.
     normalise: divide each training sample's loss by the sum of its loss weights, so the
         loss is a convex combination of the terms (HyperMorph's ``(1 - l) sim + l reg``)
         and samples that drew large weights do not dominate the batch's gradient. Each
@@ -284,6 +287,7 @@ class AmortiseConfig:
     hidden: int = 64
     depth: int = 2
     end_prob: float = 0.2
+    end_high: float = 0.5
     normalise: bool = False
 
     def __post_init__(self) -> None:
@@ -294,3 +298,4 @@ class AmortiseConfig:
         _check(1 <= self.hidden <= 1024, "amortise.hidden", f"must be in [1, 1024], got {self.hidden}")
         _check(1 <= self.depth <= 8, "amortise.depth", f"must be in [1, 8], got {self.depth}")
         _check(0 <= self.end_prob < 1, "amortise.end_prob", f"must be in [0, 1), got {self.end_prob}")
+        _check(0 <= self.end_high <= 1, "amortise.end_high", f"must be in [0, 1], got {self.end_high}")

@@ -84,6 +84,11 @@ def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_over
     assert float((inner < 0.1).float().mean()) == pytest.approx(0.25, abs=0.02)
     assert float(dice[~at_ends[:, 1]].mean()) == pytest.approx(1.0, abs=0.03)  # linear range: uniform
     assert not torch.equal(s.draw(4)[0], s.draw(4)[0])  # per sample, per step
+    # end_high: the share of the end draws on the high end
+    hi = LambdaSampler(cfg.with_values({"amortise.end_prob": 0.5, "amortise.end_high": 0.8}), seed=3)
+    u = hi.draw(20000)[0][:, 0]
+    assert (u == 1).float().mean().item() == pytest.approx(0.4, abs=0.015)
+    assert (u == 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
 
 
 def test_normalised_weights_are_a_convex_combination_with_the_drawn_ratios():

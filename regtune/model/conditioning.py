@@ -172,7 +172,8 @@ class LambdaSampler:
     """Per-sample loss weights for training: ``draw(n)`` -> (u (n, K), {term: (n,) weights}).
 
     Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
-    draws sit exactly on an end (half on each), as HyperMorph oversamples 0 and 1. With
+    draws sit exactly on an end (``end_high`` of them on the high end, by default half), as
+    HyperMorph oversamples 0 and 1. With
     ``amortise.normalise`` the returned weights of every term (the fixed ones too) are
     divided per sample by their sum.
     """
@@ -180,6 +181,7 @@ class LambdaSampler:
     def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0):
         self.ranges = ranges_of(cfg)
         self.end_prob = cfg.amortise.end_prob
+        self.low_prob = cfg.amortise.end_prob * (1.0 - cfg.amortise.end_high)
         self.normalise = cfg.amortise.normalise
         self.fixed = {k: float(getattr(cfg.loss, w)) for k, w in WEIGHT_KEYS.items()}
         self.device = torch.device(device)
@@ -212,7 +214,7 @@ class LambdaSampler:
         u = torch.rand(n, k, generator=self.gen, device=self.device)
         if self.end_prob > 0:
             r = torch.rand(n, k, generator=self.gen, device=self.device)
-            u = torch.where(r < self.end_prob / 2, torch.zeros_like(u), torch.where(r < self.end_prob, torch.ones_like(u), u))
+            u = torch.where(r < self.low_prob, torch.zeros_like(u), torch.where(r < self.end_prob, torch.ones_like(u), u))
         return u, self.weights(u)
 
     def state(self) -> torch.Tensor:
