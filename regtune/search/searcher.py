@@ -19,9 +19,32 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from .outcome import DIVERGED_STATUSES, SCORE_KEY, final_status, trial_score
+from .space import Param
 
 RAY_TRIAL_ATTR = "ray_trial_id"
 STATUS_ATTR = "regtune_status"
+
+
+class DefineByRun:
+    """Optuna define-by-run space built from a :class:`SearchSpace` (handles ``when``).
+
+    Picklable (Ray checkpoints the searcher with it)."""
+
+    def __init__(self, params: tuple[Param, ...]):
+        self.params = params
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if any(chosen.get(k) != v for k, v in p.when):
+                continue
+            if p.type == "categorical":
+                chosen[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+            elif p.type == "int":
+                chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+        return None
 
 
 def make_sampler(seed: int, n_start: int):

@@ -378,23 +378,10 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space(doc, str(p), text)
 
 
-class DefineByRun:
-    """Optuna define-by-run space built from a :class:`SearchSpace` (handles ``when``).
+def __getattr__(name: str):
+    # studies checkpointed before DefineByRun moved to .searcher unpickle it from here
+    if name == "DefineByRun":
+        from .searcher import DefineByRun
 
-    Picklable (Ray checkpoints the searcher with it)."""
-
-    def __init__(self, params: tuple[Param, ...]):
-        self.params = params
-
-    def __call__(self, trial) -> None:
-        chosen: dict[str, Any] = {}
-        for p in self.params:
-            if any(chosen.get(k) != v for k, v in p.when):
-                continue
-            if p.type == "categorical":
-                chosen[p.key] = trial.suggest_categorical(p.key, list(p.choices))
-            elif p.type == "int":
-                chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-            else:
-                chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
-        return None
+        return DefineByRun
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ from .outcome import ranked
 from .preflight import preflight
 from .ray_env import catch_interrupt, check_resources, check_storage, cluster_hosts, init_ray, quiet_ray_tune
 from .ray_env import slots as trial_slots
-from .space import DefineByRun, SearchSpace
+from .space import SearchSpace
 from .table import format_table, trial_rows
 from .store import file_lock, sqlite_uri
 from .tracking import StudyTracker
@@ -206,7 +206,7 @@ def run_study(opts: StudyOptions) -> StudyResult:
     from ray.tune.schedulers import ASHAScheduler
 
     from .outcome import SCORE_KEY
-    from .searcher import StudySearch, make_sampler, reconcile_optuna
+    from .searcher import DefineByRun, StudySearch, make_sampler, reconcile_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_url = sqlite_uri(study_dir / "optuna.db")

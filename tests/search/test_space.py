@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regtune.search.space import DefineByRun, SpaceError, load_space, parse_space
+from regtune.search.searcher import DefineByRun
+from regtune.search.space import SpaceError, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
