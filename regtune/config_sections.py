@@ -117,6 +117,9 @@ class LossConfig:
 
     jacobian_weight: penalty on negative Jacobian determinants (folding) of the field on
         the training grid (0 = off).
+    ncc_eps: NCC's stabiliser, on the scale of VoxelMorph's and MONAI's window *sums*
+        (cc = cross^2 / (var_f var_w + ncc_eps)); regtune before the fix added 1e-5 to the
+        *mean* moments instead, the same as ncc_eps = 1e-5 * window^6 (5.3 at window 9).
     ic_weight: penalty on |u_fwd(x) + u_bwd(x + u_fwd(x))|^2, the composition of the
         forward and backward fields (backward = exp(-v) for a diffeomorphic model, else the
         network's own field for the swapped pair, an extra pass); 0 = off.
@@ -125,6 +128,7 @@ class LossConfig:
     similarity: str = "ncc"
     sim_weight: float = 1.0
     ncc_window: int = 9
+    ncc_eps: float = 1e-5
     mi_bins: int = 32
     regulariser: str = "diffusion"
     reg_weight: float = 1.0
@@ -136,6 +140,7 @@ class LossConfig:
         _check(self.similarity in SIMILARITIES, "loss.similarity", f"must be one of {SIMILARITIES}, got {self.similarity!r}")
         _check(self.regulariser in REGULARISERS, "loss.regulariser", f"must be one of {REGULARISERS}, got {self.regulariser!r}")
         _check(self.ncc_window >= 3 and self.ncc_window % 2 == 1, "loss.ncc_window", f"must be an odd int >= 3, got {self.ncc_window}")
+        _check(math.isfinite(self.ncc_eps) and self.ncc_eps > 0, "loss.ncc_eps", f"must be a finite number > 0, got {self.ncc_eps}")
         _check(4 <= self.mi_bins <= 256, "loss.mi_bins", f"must be in [4, 256], got {self.mi_bins}")
         for k in ("sim_weight", "reg_weight", "dice_weight", "jacobian_weight", "ic_weight"):
             v = getattr(self, k)

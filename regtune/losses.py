@@ -211,7 +211,7 @@ class LossTerms:
 
 def similarity(cfg: LossConfig, fixed: torch.Tensor, warped: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     if cfg.similarity == "ncc":
-        return local_ncc(fixed, warped, cfg.ncc_window, reduction=reduction)
+        return local_ncc(fixed, warped, cfg.ncc_window, cfg.ncc_eps, reduction=reduction)
     if cfg.similarity == "mi":
         return mutual_information(fixed, warped, cfg.mi_bins, reduction=reduction)
     return mse(fixed, warped, reduction=reduction)
