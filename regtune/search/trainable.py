@@ -139,7 +139,8 @@ def _run(cfg, config, data, space, work: Path, promote, source) -> None:
     # per-trial facts every report carries: where it runs, on which device, and that the dataset arrived without a copy
     trial_facts = {"node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
                    "data_zero_copy": zero_copy, "device": str(device),
-                   "gpu_ids": ",".join(str(i) for i in (ray.get_gpu_ids() if ray.is_initialized() else []))}
+                   "gpu_ids": ",".join(str(i) for i in (ray.get_gpu_ids() if ray.is_initialized() else [])),
+                   "epochs_total": cfg.train.epochs}  # the progress line's "epoch e/E"
     if promote is not None:
         trial_facts["promoted_from"] = str(source)
     draw_at = figure_epochs(space, cfg.train.epochs)
