@@ -82,5 +82,3 @@ class ProgressLines:
         print(f"\n{'trial':10s} {'ray':10s} {'status':15s} {'ep':>3s} {'best':>7s} {'Dice':>6s} {'fold%':>6s}  params", flush=True)
         for r in ranked(rows):
             print(r["line"], flush=True)
-
-    # ---- completion -----------------------------------------------------------

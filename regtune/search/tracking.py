@@ -182,6 +182,7 @@ class StudyTracker(ProgressLines, tune.Callback):
         self.trials_seen = list(trials)
         self.finish_study(trials)
 
+    # ---- completion -----------------------------------------------------------
     def _finish(self, trial, failed: bool, interrupted: bool = False) -> None:
         rid = self._run_id(trial)
         last = self.last.get(trial.trial_id) or (trial.last_result or {})

@@ -32,8 +32,9 @@ def test_valid_space_and_trial_config():
     assert cfg.train.lr == 0.01 and cfg.loss.ncc_window == 7 and cfg.train.epochs == 3
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")))
-def test_shipped_spaces_parse(path):
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")) + sorted((ROOT / "docs").glob("*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_spaces_parse(path):  # and the measured variants kept with their docs
     s = load_space(path)
     assert s.params and s.budget.num_samples >= 1
 
