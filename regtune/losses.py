@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .config import LossConfig
 
-NCC_EPS = 1e-5  # added to products of window *sums* (VoxelMorph, MONAI); see local_ncc
+NCC_EPS = LossConfig.ncc_eps  # 1e-5, added to products of window *sums* (VoxelMorph, MONAI); see local_ncc
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -80,14 +80,20 @@ def _patch(real_data, size=32):
     return vols.images[0:1][sl].contiguous(), vols.images[1:2][sl].contiguous()
 
 
-def test_ncc_identical_low_contrast_images_score_one():
+def _low_contrast_phantom():
+    """A low-contrast image around mid-grey (median local std ~0.02) and its local variance at window 9."""
     from regtune.data.synth import make_pair
+    from regtune.losses import box_mean
 
     img = torch.from_numpy(make_pair(32, seed=0)[0])[None, None]
-    low = 0.5 + 0.4 * (img - img.mean())  # a low-contrast image around mid-grey: median local std ~0.02
-    from regtune.losses import box_mean
-    mu = box_mean(low, 9)
-    var = (box_mean(low * low, 9) - mu * mu).clamp_min(0)
+    low = 0.5 + 0.4 * (img - img.mean())
+    c = low - low.mean()  # centred: float32 E[x^2] - E[x]^2 near 0.5 loses faint variance
+    mu = box_mean(c, 9)
+    return low, (box_mean(c * c, 9) - mu * mu).clamp_min(0)
+
+
+def test_ncc_identical_low_contrast_images_score_one():
+    low, var = _low_contrast_phantom()
     assert 0.01 < float(var.sqrt().median()) < 0.04
     cc = local_ncc_map(low, low)
     assert float(-local_ncc(low, low)) > 0.99
@@ -98,30 +104,24 @@ def test_ncc_identical_low_contrast_images_score_one():
     assert float(old.mean()) < 0.2
 
 
-
 def test_ncc_eps_config_key_reaches_the_loss_and_its_pre_fix_value_damps_low_contrast():
     """loss.ncc_eps is on the window-sum scale; 1e-5 * window**6 is the pre-fix formula (eps on mean moments)."""
-    from regtune.data.synth import make_pair
     from regtune.errors import ConfigError
     from regtune.losses import similarity
 
-    img = torch.from_numpy(make_pair(32, seed=0)[0])[None, None]
-    low = 0.5 + 0.4 * (img - img.mean())
+    low, var = _low_contrast_phantom()
     fixed_ncc = float(-similarity(LossConfig(), low, low))
     old_eps = 1e-5 * 9 ** 6
     old_ncc = float(-similarity(LossConfig(ncc_eps=old_eps), low, low))
     assert fixed_ncc > 0.99
     assert old_ncc < 0.5  # identical images, yet the old stabiliser calls them far from matched
     # the same as the pre-fix expression on mean moments, voxel for voxel
-    from regtune.losses import box_mean
-    c = low - low.mean()
-    mu = box_mean(c, 9)
-    var = (box_mean(c * c, 9) - mu * mu).clamp_min(0)
     torch.testing.assert_close(local_ncc_map(low, low, 9, old_eps), (var * var / (var * var + 1e-5)).clamp(max=1.0),
                                atol=1e-4, rtol=1e-3)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="loss.ncc_eps"):
             LossConfig(ncc_eps=bad)
+
 
 def _monai_or_skip():
     try:

@@ -1,4 +1,4 @@
-"""Optuna behind Ray Tune: the sampler, and a searcher that tells Optuna each trial's score.
+"""Optuna behind Ray Tune: the define-by-run space, the sampler, and a searcher that tells Optuna each trial's score.
 
 Sampler: TPE, ``multivariate=True`` (models the parameters jointly), ``group=True``
 (conditional ``when:`` branches get their own joint model instead of being sampled
