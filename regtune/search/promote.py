@@ -2,7 +2,9 @@
 
 - :func:`promote_top` (``regtune search ... --promote``): the ``top_k`` best trials (the one
   ranking of :mod:`regtune.search.outcome`; diverged trials never) are trained to the
-  space's ``promote:`` budget as Ray trials, tracked as MLflow child runs of the study
+  space's ``promote:`` budget as Ray trials (with ``promote.incumbent`` / ``min_gain``, the
+  recipe in hand stays unless a trial beats it by more than that margin:
+  :func:`promotion_order`), tracked as MLflow child runs of the study
   (``regtune.kind=promoted``). ``mode: continue`` resumes each from its last checkpoint
   (identical steps to a fresh run of the full budget when the learning-rate schedule is
   constant, so ``best_config.yaml`` reproduces it; a trial with another schedule is
@@ -44,6 +46,35 @@ def candidates(rows: list[dict], k: int) -> list[dict]:
     return ranked(ok)[:k]
 
 
+def promotion_order(rows: list[dict], space) -> tuple[list[dict], str]:
+    """The trials to promote, best first, and a note on the incumbent rule ('' when unused).
+
+    The one ranking of :func:`candidates`, except that with ``promote.incumbent`` the trial
+    of that ``start:`` point keeps its place above every trial that does not beat its score
+    by more than ``promote.min_gain``: a short trial's win within its noise does not displace
+    the recipe in hand."""
+    p = space.promote
+    order = candidates(rows, len(rows))
+    if p.incumbent < 0:
+        return order[:p.top_k], ""
+    point = space.start[p.incumbent]
+    inc = next((r for r in order if all(r["params"].get(k) == v for k, v in point.items())), None)
+    if inc is None:
+        return order[:p.top_k], (f"the incumbent start[{p.incumbent}] has no score (diverged, errored or not run), "
+                                 "so the ranking alone chose")
+    bar = inc["score"] + p.min_gain
+    above = [r for r in order if r is not inc and r["score"] > bar]
+    order = above + [inc] + [r for r in order if r is not inc and r["score"] <= bar]
+    lead = order[0] if order[0] is not inc else next((r for r in order[1:]), None)
+    said = (f"the incumbent start[{p.incumbent}] is trial {inc['trial_id']} (score {inc['score']:.4f}); ")
+    if not above:
+        said += (f"no trial beat it by more than promote.min_gain {p.min_gain:g}"
+                 + (f" (the best, trial {lead['trial_id']}, by {lead['score'] - inc['score']:+.4f})" if lead else ""))
+    else:
+        said += f"{len(above)} trial(s) beat it by more than promote.min_gain {p.min_gain:g}"
+    return order[:p.top_k], said
+
+
 def _checkpoint_files(trial) -> dict[str, bytes]:
     ck = getattr(trial, "checkpoint", None)
     if ck is None:
@@ -64,7 +95,9 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     from .tracking import StudyTracker
 
     p = space.promote
-    top = candidates(res.trials, p.top_k)
+    top, said = promotion_order(res.trials, space)
+    if said:
+        res.notes.append(f"promotion: {said}")
     if not top:
         res.notes.append("promotion: no trial with a score to promote (all diverged or errored)")
         return []
@@ -286,4 +319,4 @@ def study_config(runs_dir: str | Path, name: str, trial: str | None = None) -> P
     return out
 
 
-__all__ = ["promote_top", "write_study_model", "study_config", "candidates", "MODEL_FILES"]
+__all__ = ["promote_top", "write_study_model", "study_config", "candidates", "promotion_order", "MODEL_FILES"]

@@ -39,15 +39,12 @@ from ..config import BEST_METRICS, Config
 from ..errors import ConfigError
 from ..objective import Objective
 from .amortised import check_amortised_param, fold_amortised
+from .space_parts import (PROMOTE_MODES, Budget, Promote, Resources, SpaceError, _check_budget,  # noqa: F401
+                          _check_resources, _err, _mapping, _num, parse_promote)
 
 METRICS = BEST_METRICS
 TOP_KEYS = ("name", "description", "base", "params", "start", "objective", "budget", "resources", "promote",
             "weight_search", "seed")
-PROMOTE_MODES = ("continue", "retrain")
-
-
-class SpaceError(ConfigError):
-    """A search-space file is invalid."""
 
 
 @dataclass(frozen=True)
@@ -61,47 +58,6 @@ class Param:
     choices: tuple = ()
     when: tuple[tuple[str, Any], ...] = ()
     amortised: bool = False  # not sampled: every trial trains over its range (regtune.search.amortised)
-
-
-@dataclass(frozen=True)
-class Budget:
-    num_samples: int = 8
-    max_concurrent: int = 2
-    grace_period: int = 2
-    reduction_factor: int = 2
-    time_limit_minutes: float = 0.0
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
-
-
-@dataclass(frozen=True)
-class Promote:
-    """``promote:``: after the search, train the ``top_k`` best trials to a full budget.
-
-    epochs / minutes: the full budget (one of them); minutes are turned into epochs from
-    the trial's own measured seconds per epoch, so the promoted config is reproducible.
-    mode: ``continue`` from the trial's last checkpoint (same steps as a fresh run when the
-    learning-rate schedule is constant; other schedules are retrained) or ``retrain`` from scratch.
-    cpu / gpu: resources of each promoted trial (0 / unset: the search trials' ``resources``);
-    a single promoted trial can take the whole machine the search shared between trials.
-    set: config values for the promoted trials only (``{train.schedule: cosine, aug.flip:
-    0.5}``): levers that pay only over the full budget; a trial given any is retrained.
-    """
-
-    top_k: int = 1
-    epochs: int = 0
-    minutes: float = 0.0
-    mode: str = "continue"
-    cpu: float = 0.0
-    gpu: float | None = None
-    set: tuple[tuple[str, Any], ...] = ()
-
-    def resources(self, search: "Resources") -> "Resources":
-        return Resources(cpu=self.cpu or search.cpu, gpu=search.gpu if self.gpu is None else self.gpu)
 
 
 @dataclass(frozen=True)
@@ -140,46 +96,6 @@ class SearchSpace:
         _check_resources(r, "--cpus-per-trial" if cpu is not None else self.source,
                          "--gpus-per-trial" if gpu is not None else self.source)
         return dataclasses.replace(self, budget=b, resources=r)
-
-
-def _err(src: str, key: str, msg: str) -> SpaceError:
-    return SpaceError(f"{src}: key '{key}': {msg}")
-
-
-def _num(src: str, key: str, v: Any, integer: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
-        raise _err(src, key, f"must be a {'whole ' if integer else ''}number, got {v!r}")
-    if integer and not float(v).is_integer():
-        raise _err(src, key, f"must be a whole number, got {v!r}")
-    return int(v) if integer else float(v)
-
-
-def _mapping(src: str, key: str, v: Any) -> Mapping:
-    if v is None:
-        return {}
-    if not isinstance(v, Mapping):
-        raise _err(src, key, f"must be a mapping, got {type(v).__name__}")
-    return v
-
-
-def _check_budget(b: Budget, src: str) -> None:
-    if b.num_samples < 1:
-        raise _err(src, "budget.num_samples", f"must be >= 1, got {b.num_samples}")
-    if b.max_concurrent < 1:
-        raise _err(src, "budget.max_concurrent", f"must be >= 1, got {b.max_concurrent}")
-    if b.grace_period < 1:
-        raise _err(src, "budget.grace_period", f"must be >= 1 epoch, got {b.grace_period}")
-    if b.reduction_factor < 2:
-        raise _err(src, "budget.reduction_factor", f"must be >= 2, got {b.reduction_factor}")
-    if b.time_limit_minutes < 0:
-        raise _err(src, "budget.time_limit_minutes", f"must be >= 0 (0 = none), got {b.time_limit_minutes}")
-
-
-def _check_resources(r: Resources, src_cpu: str, src_gpu: str) -> None:
-    if not (math.isfinite(r.cpu) and r.cpu > 0):
-        raise SpaceError(f"{src_cpu}: resources.cpu must be > 0, got {r.cpu:g}")
-    if not math.isfinite(r.gpu) or r.gpu < 0 or (r.gpu > 1 and not float(r.gpu).is_integer()):
-        raise SpaceError(f"{src_gpu}: resources.gpu must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {r.gpu:g}")
 
 
 def _param(src: str, key: str, spec: Any, base: Config, known: dict[str, Param]) -> Param:
@@ -316,7 +232,6 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
             raise _err(src, f"resources.{k}", "unknown field (allowed: cpu, gpu)")
     res = Resources(**{k: _num(src, f"resources.{k}", v) for k, v in r_doc.items()})
     _check_resources(res, src, src)
-    promote = _promote(src, doc.get("promote"), base)
     start = []
     for i, point in enumerate(doc.get("start") or []):
         point = _mapping(src, f"start[{i}]", point)
@@ -328,42 +243,11 @@ def parse_space(doc: Any, source: str = "space", text: str = "") -> SearchSpace:
         except ConfigError as e:
             raise SpaceError(str(e)) from None
         start.append(dict(point))
+    promote = parse_promote(src, doc.get("promote"), base, tuple(start))
     seed = _num(src, "seed", doc.get("seed", 0), integer=True)
     return SearchSpace(name=name, description=str(doc.get("description", "")), base=base, params=tuple(known.values()),
                        start=tuple(start), objective=objective, budget=budget, resources=res, promote=promote, seed=seed,
                        source=src, text=text, weight_search=weight_search)
-
-
-def _promote(src: str, doc: Any, base: Config) -> Promote | None:
-    if doc is None:
-        return None
-    doc = _mapping(src, "promote", doc)
-    allowed = {"top_k": True, "epochs": True, "minutes": False, "mode": None, "cpu": False, "gpu": False, "set": None}
-    for k in doc:
-        if k not in allowed:
-            raise _err(src, f"promote.{k}", f"unknown field (allowed: {', '.join(allowed)})")
-    vals = {k: _num(src, f"promote.{k}", v, allowed[k]) for k, v in doc.items() if k not in ("mode", "set")}
-    sets = dict(_mapping(src, "promote.set", doc.get("set") or {}))
-    try:
-        base.with_values(sets, source=f"{src} promote.set")
-    except ConfigError as e:
-        raise SpaceError(str(e)) from None
-    p = Promote(**vals, mode=doc.get("mode", "continue"), set=tuple(sets.items()))
-    if p.top_k < 1:
-        raise _err(src, "promote.top_k", f"must be >= 1, got {p.top_k}")
-    if (p.epochs > 0) == (p.minutes > 0):
-        raise _err(src, "promote", "give the full budget as one of epochs: N or minutes: M (> 0)")
-    if p.epochs and p.epochs < base.train.epochs:
-        raise _err(src, "promote.epochs", f"must be >= the search's train.epochs ({base.train.epochs}), got {p.epochs}")
-    if p.epochs < 0 or p.minutes < 0:
-        raise _err(src, "promote", "epochs and minutes must be > 0")
-    if p.mode not in PROMOTE_MODES:
-        raise _err(src, "promote.mode", f"must be one of {', '.join(PROMOTE_MODES)}, got {p.mode!r}")
-    if "cpu" in doc and not p.cpu > 0:
-        raise _err(src, "promote.cpu", f"must be > 0 (leave it out to use resources.cpu), got {p.cpu:g}")
-    if p.gpu is not None and (p.gpu < 0 or (p.gpu > 1 and not float(p.gpu).is_integer())):
-        raise _err(src, "promote.gpu", f"must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {p.gpu:g}")
-    return p
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -72,7 +72,10 @@ def test_promote_block_and_resource_overrides():
                       ({"epochs": 9, "k": 1}, "promote.k"), ({"epochs": 9, "cpu": 0}, "promote.cpu.*> 0"),
                       ({"epochs": 9, "gpu": 1.5}, "promote.gpu"), ({"epochs": 9, "set": {"aug.flipp": 1}}, "promote.set.*aug.flipp"),
                       ({"epochs": 9, "set": {"aug.flip": 2}}, "promote.set.*aug.flip.*probability"),
-                      ({"epochs": 9, "set": [1]}, "promote.set")):
+                      ({"epochs": 9, "set": [1]}, "promote.set"),
+                      ({"epochs": 9, "incumbent": 1}, r"promote.incumbent.*start: point \(0..0\), got 1"),
+                      ({"epochs": 9, "min_gain": 0.02}, "promote.min_gain.*needs promote.incumbent"),
+                      ({"epochs": 9, "incumbent": 0, "min_gain": -1}, "promote.min_gain.*>= 0")):
         with pytest.raises(SpaceError, match=frag):
             parse_space({**GOOD, "promote": doc}, "x")
     # a promoted trial's resources: its own where given, else the search trials'
@@ -88,6 +91,32 @@ def test_promote_block_and_resource_overrides():
         s.with_overrides(gpu=1.5)
     with pytest.raises(SpaceError, match="--cpus-per-trial.*resources.cpu"):
         s.with_overrides(cpu=0)
+
+
+def test_the_incumbent_is_promoted_unless_a_trial_beats_it_beyond_the_margin():
+    from regtune.search.promote import promotion_order
+
+    space = parse_space({**GOOD, "start": [{"train.lr": 0.05, "loss.similarity": "mse"},
+                                           {"train.lr": 0.001, "loss.similarity": "ncc", "loss.ncc_window": 9}],
+                         "promote": {"top_k": 2, "epochs": 9, "incumbent": 1, "min_gain": 0.02}}, "x")
+    inc = {"train.lr": 0.001, "loss.similarity": "ncc", "loss.ncc_window": 9}
+
+    def row(tid, score, status="completed", **params):
+        return {"trial_id": tid, "score": score, "status": status, "params": params or {"train.lr": 0.01}}
+
+    rows = [row("a", 0.682), row("b", 0.675), row("inc", 0.666, **inc), row("d", 0.9, "diverged_nan")]
+    top, said = promotion_order(rows, space)
+    assert [r["trial_id"] for r in top] == ["inc", "a"]  # a's +0.016 is within the margin; diverged never
+    assert "trial inc" in said and "min_gain 0.02" in said and "trial a, by +0.0160" in said
+    rows[0]["score"] = 0.70
+    top, said = promotion_order(rows, space)
+    assert [r["trial_id"] for r in top] == ["a", "inc"] and "1 trial(s) beat it" in said
+    # the incumbent diverged: the ranking alone decides, and says so
+    top, said = promotion_order([row("a", 0.6), row("inc", None, "diverged_nan", **inc), row("c", 0.5)], space)
+    assert [r["trial_id"] for r in top] == ["a", "c"] and "has no score" in said
+    # no incumbent named: plain ranking, no note
+    plain = parse_space({**GOOD, "promote": {"top_k": 1, "epochs": 9}}, "x")
+    assert [r["trial_id"] for r in promotion_order(rows, plain)[0]] == ["a"] and promotion_order(rows, plain)[1] == ""
 
 
 def test_tpe_is_multivariate_grouped_and_lies_for_running_trials():
