@@ -98,6 +98,8 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     top, said = promotion_order(res.trials, space)
     if said:
         res.notes.append(f"promotion: {said}")
+        if opts.verbose:
+            print(f"promotion: {said}", flush=True)
     if not top:
         res.notes.append("promotion: no trial with a score to promote (all diverged or errored)")
         return []
