@@ -59,6 +59,16 @@ def test_diagnose_classifies_planted_trials_and_names_lr(planted):
     # read from the persisted optuna.db, with the evaluator named and seeded
     assert "optuna.db" in d.importance_source and "seed=0" in d.importance_source and "fANOVA" in d.importance_source
     assert no_motion_cause(d.no_motion_rules) == "over-regularised"
+    # the diagnosis names the study's model (not promoted here: the best trial) and its held-out scores
+    import json
+
+    from regtune.search.diagnose.report import explain
+
+    model = json.loads((Path(opts.study_dir) / "test_scores.json").read_text())
+    assert d.model["trial_id"] == model["trial_id"] and "promoted_from" in d.model
+    assert abs(d.model["test"]["dice"] - model["test"]["dice"]) < 1e-9
+    line = next(ln for ln in explain(d) if ln.startswith("The study's model"))
+    assert f"trial {model['trial_id']}:" in line and f"test Dice {model['test']['dice']:.3f}" in line
     assert d.no_motion_why[by[(0.003, 10000.0)].trial_id].startswith("over-regularised (loss.reg_weight=1e+04")
     report = write_report(d, client, tmp / "diag")
     assert report.is_file() and (tmp / "diag" / "next_space.yaml").is_file()

@@ -70,6 +70,7 @@ class Diagnosis:
     no_motion_why: dict[str, str] = field(default_factory=dict)  # trial id -> its cause
     folding_rules: list[dict] = field(default_factory=list)  # what sets the folding trials apart
     optuna_study: Any = None  # the persisted optuna.Study (None when optuna.db is not reachable)
+    model: dict = field(default_factory=dict)  # the study's model: trial, promoted_from, test_* (empty: none yet)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -303,6 +304,22 @@ def next_space(space: SearchSpace, trials: list[TrialInfo]) -> dict:
     return doc
 
 
+def study_model(client, parent) -> dict:
+    """The study's model as its parent run records it (``regtune.model_trial``, ``test_*``);
+    ``promoted_from``: the search trial a promoted model was trained from."""
+    tid = parent.data.tags.get("regtune.model_trial")
+    if not tid:
+        return {}
+    out = {"trial_id": tid, "test": {k[5:]: v for k, v in parent.data.metrics.items() if k.startswith("test_")}}
+    rid = parent.data.tags.get("regtune.model_run_id")
+    if rid:
+        try:
+            out["promoted_from"] = client.get_run(rid).data.tags.get("regtune.promoted_from", "")
+        except Exception:  # a deleted run: the tag alone
+            pass
+    return out
+
+
 def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
              optuna_storage: str | None = None) -> tuple[Diagnosis, Any]:
     """Read study ``name`` back: MLflow for the trials, the persisted ``optuna.db`` (the
@@ -333,6 +350,7 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
     study, why = load_optuna(storage, name)
     d = Diagnosis(space, parent, trials, noreg, {}, {}, [], {}, {})
     d.optuna_study = study
+    d.model = study_model(client, runs[0])
     if study is not None:
         n = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
         d.importance_source = f"{FANOVA.format(seed=space.seed)} on the persisted study {storage} ({n} COMPLETE trials)"

@@ -86,6 +86,14 @@ def explain(d: Diagnosis) -> list[str]:
         lines.append(f"Best trial {best.trial_id} ({best.cls}): Dice {best.metrics.get('best_val_dice', math.nan):.3f} vs "
                      f"{d.noreg_dice:.3f} without registration, folding {best.metrics.get('best_val_folding_pct', math.nan):.3f}% "
                      f"with {_fmt_params(best.params)}.")
+    m = d.model
+    if m:
+        src = f" (promoted from search trial {m['promoted_from']})" if m.get("promoted_from") else ""
+        t = m.get("test", {})
+        held = (f": held-out test Dice {t['dice']:.3f}, HD95 {t.get('hd95', math.nan):.2f}, SDlogJ "
+                f"{t.get('sdlogj', math.nan):.3f}, folding {t.get('folding_pct', math.nan):.3f}% on "
+                f"{int(t.get('pairs', 0))} pairs of reserved subjects" if "dice" in t else ": no held-out scores recorded")
+        lines.append(f"The study's model is trial {m['trial_id']}{src}{held}.")
     lines.append(f"Importances: {d.importance_source}.")
     return lines
 
