@@ -28,7 +28,6 @@ This module imports neither Ray nor Optuna: a space can be validated anywhere.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
