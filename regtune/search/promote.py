@@ -62,12 +62,12 @@ def promotion_order(rows: list[dict], space) -> tuple[list[dict], str]:
     if inc is None:
         return order[:p.top_k], (f"the incumbent start[{p.incumbent}] has no score (diverged, errored or not run), "
                                  "so the ranking alone chose")
-    bar = inc["score"] + p.min_gain
-    above = [r for r in order if r is not inc and r["score"] > bar]
-    order = above + [inc] + [r for r in order if r is not inc and r["score"] <= bar]
-    lead = order[0] if order[0] is not inc else next((r for r in order[1:]), None)
-    said = (f"the incumbent start[{p.incumbent}] is trial {inc['trial_id']} (score {inc['score']:.4f}); ")
+    rivals = [r for r in order if r is not inc]
+    above = [r for r in rivals if r["score"] > inc["score"] + p.min_gain]
+    order = above + [inc] + rivals[len(above):]  # rivals are ranked: those above the bar come first
+    said = f"the incumbent start[{p.incumbent}] is trial {inc['trial_id']} (score {inc['score']:.4f}); "
     if not above:
+        lead = rivals[0] if rivals else None
         said += (f"no trial beat it by more than promote.min_gain {p.min_gain:g}"
                  + (f" (the best, trial {lead['trial_id']}, by {lead['score'] - inc['score']:+.4f})" if lead else ""))
     else:

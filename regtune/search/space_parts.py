@@ -100,11 +100,18 @@ def _check_budget(b: Budget, src: str) -> None:
         raise _err(src, "budget.time_limit_minutes", f"must be >= 0 (0 = none), got {b.time_limit_minutes}")
 
 
+GPU_RULE = "must be >= 0 (a fraction <= 1 shares one GPU, or a whole number)"
+
+
+def _gpu_ok(g: float) -> bool:
+    return math.isfinite(g) and g >= 0 and (g <= 1 or float(g).is_integer())
+
+
 def _check_resources(r: Resources, src_cpu: str, src_gpu: str) -> None:
     if not (math.isfinite(r.cpu) and r.cpu > 0):
         raise SpaceError(f"{src_cpu}: resources.cpu must be > 0, got {r.cpu:g}")
-    if not math.isfinite(r.gpu) or r.gpu < 0 or (r.gpu > 1 and not float(r.gpu).is_integer()):
-        raise SpaceError(f"{src_gpu}: resources.gpu must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {r.gpu:g}")
+    if not _gpu_ok(r.gpu):
+        raise SpaceError(f"{src_gpu}: resources.gpu {GPU_RULE}, got {r.gpu:g}")
 
 
 def parse_promote(src: str, doc: Any, base: Config, start: tuple[dict, ...] = ()) -> Promote | None:
@@ -142,6 +149,6 @@ def parse_promote(src: str, doc: Any, base: Config, start: tuple[dict, ...] = ()
         raise _err(src, "promote.mode", f"must be one of {', '.join(PROMOTE_MODES)}, got {p.mode!r}")
     if "cpu" in doc and not p.cpu > 0:
         raise _err(src, "promote.cpu", f"must be > 0 (leave it out to use resources.cpu), got {p.cpu:g}")
-    if p.gpu is not None and (p.gpu < 0 or (p.gpu > 1 and not float(p.gpu).is_integer())):
-        raise _err(src, "promote.gpu", f"must be >= 0 (a fraction <= 1 shares one GPU, or a whole number), got {p.gpu:g}")
+    if p.gpu is not None and not _gpu_ok(p.gpu):
+        raise _err(src, "promote.gpu", f"{GPU_RULE}, got {p.gpu:g}")
     return p
