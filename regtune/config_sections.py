@@ -281,6 +281,11 @@ class AmortiseConfig:
     end_high: the share of those on the high end (0.5: half on each end). The high end of
         a regulariser's weight is the slowest regime to learn (strong smoothing of large
         deformations), so it can be given more of the draws.
+    high_first: a curriculum: for this share of the run (its progress, as the learning-rate
+        schedule counts it: steps of ``epochs x steps_per_epoch`` or the ``max_minutes``
+        clock), half the draws sit on the high end of every range and none on the low end
+        (``end_prob 0.5, end_high 1``); after it, ``end_prob`` / ``end_high`` as set. The
+        slow high end gets its head start, and the low end its own draws back for the rest.
     normalise: divide each training sample's loss by the sum of its loss weights, so the
         loss is a convex combination of the terms (HyperMorph's ``(1 - l) sim + l reg``)
         and samples that drew large weights do not dominate the batch's gradient. Each
@@ -293,6 +298,7 @@ class AmortiseConfig:
     depth: int = 2
     end_prob: float = 0.2
     end_high: float = 0.5
+    high_first: float = 0.0
     normalise: bool = False
 
     def __post_init__(self) -> None:
@@ -304,3 +310,4 @@ class AmortiseConfig:
         _check(1 <= self.depth <= 8, "amortise.depth", f"must be in [1, 8], got {self.depth}")
         _check(0 <= self.end_prob < 1, "amortise.end_prob", f"must be in [0, 1), got {self.end_prob}")
         _check(0 <= self.end_high <= 1, "amortise.end_high", f"must be in [0, 1], got {self.end_high}")
+        _check(0 <= self.high_first < 1, "amortise.high_first", f"must be in [0, 1), got {self.high_first}")

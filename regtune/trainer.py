@@ -10,7 +10,6 @@ the epoch's loss sums accumulate on the device.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -142,16 +141,20 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------
     def step(self) -> StepOutput:
         t = self.cfg.train
-        lr = self.lr()
+        prog = self.progress()
+        lr = t.lr * lr_factor(t, prog)
         for group in self.opt.param_groups:
             group["lr"] = lr
         f, m = self.sampler(t.batch_size)
-        cond, weights = self.lam.draw(t.batch_size) if self.lam is not None else (None, None)
+        cond, weights = self.lam.draw(t.batch_size, prog) if self.lam is not None else (None, None)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             terms, _ = self.loss(f, m, augment=True, weights=weights, cond=cond)
         self.opt.zero_grad(set_to_none=True)
         terms.total.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        if t.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        else:  # the norm only: clip_grad_norm_(max_norm=inf) scales every gradient by inf/inf = NaN when it overflows
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         self.opt.step()
         self.steps += 1
         self.sums += terms.stacked()

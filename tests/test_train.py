@@ -68,8 +68,9 @@ def test_nan_input_is_reported_as_diverged(vols, tmp_path):
 
 
 def test_too_high_learning_rate_sends_the_field_out_and_is_caught(vols, tmp_path):
-    # the seed run's failure: lr 1e-2 without integration blows the field out of the volume
-    cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 20, "train.lr": 1e-2, "loss.reg_weight": 0.1,
+    # the seed run's failure: a high lr without integration blows the field out of the volume
+    # (3e-2: 100 % of the points out for train.seed 0-3; 1e-2 only for two of the four on an AMD Zen 5 CPU)
+    cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 20, "train.lr": 3e-2, "loss.reg_weight": 0.1,
                   "model.int_steps": 0})
     res = train(cfg, vols, tmp_path, progress=False, split=Split(train=(0, 1), val=(0, 1)))
     assert res.status == "collapsed" and ("left the volume" in res.reason or "black warp" in res.reason), res.reason

@@ -29,14 +29,17 @@ import torch.nn.functional as F
 
 from ..amortise import WeightRange, ranges_of
 from ..losses import WEIGHT_KEYS
-from .unet import ConvBlock, RegNet
+from .unet import ConvBlock, RegNet, conv
 
 
 def _mlp(n_in: int, hidden: int, depth: int) -> nn.Sequential:
+    # leaky, not ReLU: Adam moves every weight by ~lr per step, soon past a 64-wide layer's
+    # init scale (1/8), and a ReLU trunk then dies for the whole range (all units off at every
+    # weight: the network ignores its input; seen on the phantoms within 150 steps at lr 3e-3)
     layers: list[nn.Module] = []
     c = n_in
     for _ in range(depth):
-        layers += [nn.Linear(c, hidden), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(c, hidden), nn.LeakyReLU(0.2, inplace=True)]
         c = hidden
     return nn.Sequential(*layers)
 
@@ -113,7 +116,7 @@ class _FiLMApply:
         gamma, beta = self.mods[self.i]
         self.i += 1
         # (multiply, then add: ~1.5x faster forward + backward than addcmul on channels-last maps)
-        return blk.act(blk.conv(x) * (gamma + 1.0) + beta)
+        return blk.act(conv(blk.conv, x) * (gamma + 1.0) + beta)
 
 
 class HyperNet(Conditioner):
@@ -141,14 +144,14 @@ class _HyperApply:
         self.deltas, self.sizes, self.i = deltas, sizes, 0
 
     def __call__(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        conv = blk.conv if isinstance(blk, ConvBlock) else blk
+        cv = blk.conv if isinstance(blk, ConvBlock) else blk
         d, (nw, _) = self.deltas[self.i], self.sizes[self.i]
         self.i += 1
         b, cin = x.shape[:2]
-        w = conv.weight.unsqueeze(0) + d[:, :nw].view(b, *conv.weight.shape)
-        bias = conv.bias.unsqueeze(0) + d[:, nw:]
-        y = F.conv3d(x.reshape(1, b * cin, *x.shape[2:]), w.reshape(-1, *conv.weight.shape[1:]), bias.reshape(-1),
-                     padding=conv.padding, groups=b)
+        w = cv.weight.unsqueeze(0) + d[:, :nw].view(b, *cv.weight.shape)
+        bias = cv.bias.unsqueeze(0) + d[:, nw:]
+        y = conv(lambda v: F.conv3d(v, w.reshape(-1, *cv.weight.shape[1:]).to(v.dtype), bias.reshape(-1).to(v.dtype),
+                                    padding=cv.padding, groups=b), x.reshape(1, b * cin, *x.shape[2:]))
         y = y.view(b, -1, *y.shape[2:])
         return blk.act(y) if isinstance(blk, ConvBlock) else y
 
@@ -173,7 +176,8 @@ class LambdaSampler:
 
     Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
     draws sit exactly on an end (``end_high`` of them on the high end, by default half), as
-    HyperMorph oversamples 0 and 1. With ``amortise.normalise`` the returned weights of
+    HyperMorph oversamples 0 and 1; ``draw(n, progress)`` before ``amortise.high_first``
+    of the run puts half of them on the high end and none on the low one instead. With ``amortise.normalise`` the returned weights of
     every term (the fixed ones too) are divided per sample by their sum.
     """
 
@@ -181,6 +185,7 @@ class LambdaSampler:
         self.ranges = ranges_of(cfg)
         self.end_prob = cfg.amortise.end_prob
         self.low_prob = cfg.amortise.end_prob * (1.0 - cfg.amortise.end_high)
+        self.high_first = cfg.amortise.high_first
         self.normalise = cfg.amortise.normalise
         self.fixed = {k: float(getattr(cfg.loss, w)) for k, w in WEIGHT_KEYS.items()}
         self.device = torch.device(device)
@@ -208,12 +213,16 @@ class LambdaSampler:
             out = {k: w / total for k, w in full.items()}
         return out
 
-    def draw(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def draw(self, n: int, progress: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``n`` samples' weights at the run's ``progress`` in [0, 1] (it matters only with
+        ``amortise.high_first``)."""
         k = len(self.ranges)
+        early = progress < self.high_first
+        low_prob, end_prob = (0.0, 0.5) if early else (self.low_prob, self.end_prob)
         u = torch.rand(n, k, generator=self.gen, device=self.device)
-        if self.end_prob > 0:
+        if end_prob > 0:
             r = torch.rand(n, k, generator=self.gen, device=self.device)
-            u = torch.where(r < self.low_prob, torch.zeros_like(u), torch.where(r < self.end_prob, torch.ones_like(u), u))
+            u = torch.where(r < low_prob, torch.zeros_like(u), torch.where(r < end_prob, torch.ones_like(u), u))
         return u, self.weights(u)
 
     def state(self) -> torch.Tensor:

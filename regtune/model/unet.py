@@ -10,6 +10,19 @@ from ..config import ModelConfig
 from .transform import downsample_image, integrate_velocity, upsample_field
 
 
+def conv(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for a 3D convolution ``fn``; under CPU bf16 autocast, a volume smaller than
+    3 voxels on a side (a U-Net's bottom level: 2^3 at a 32^3 grid with 4 levels) runs in
+    float32. PyTorch 2.13's oneDNN bf16 conv3d gives a garbage *weight gradient* there on
+    AVX512-BF16 CPUs (AMD Zen 5: 200 of 200 calls wrong, values up to 1e30 or NaN; 3^3 and
+    up, float32, or oneDNN off: correct), which made bf16 training NaN intermittently.
+    A 2^3 volume costs nothing in float32."""
+    if x.device.type == "cpu" and min(x.shape[2:]) < 3 and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return fn(x.float())
+    return fn(x)
+
+
 class ConvBlock(nn.Module):
     """3x3x3 convolution + LeakyReLU(0.2), as in VoxelMorph."""
 
@@ -19,7 +32,7 @@ class ConvBlock(nn.Module):
         self.act = nn.LeakyReLU(0.2, inplace=True)  # in place: one pass less over every feature map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
+        return self.act(conv(self.conv, x))
 
 
 def upsample2(x: torch.Tensor) -> torch.Tensor:
