@@ -177,8 +177,9 @@ class LambdaSampler:
     Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
     draws sit exactly on an end (``end_high`` of them on the high end, by default half), as
     HyperMorph oversamples 0 and 1; ``draw(n, progress)`` before ``amortise.high_first``
-    of the run puts half of them on the high end and none on the low one instead. With ``amortise.normalise`` the returned weights of
-    every term (the fixed ones too) are divided per sample by their sum.
+    of the run puts half of them on the high end and none on the low one instead. With
+    ``amortise.normalise`` the returned weights of every term (the fixed ones too) are
+    divided per sample by their sum.
     """
 
     def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0):
