@@ -89,8 +89,9 @@ class Trainer:
     def progress(self) -> float:
         return progress(self.cfg.train, self.steps, self.elapsed())
 
-    def lr(self) -> float:
-        return self.cfg.train.lr * lr_factor(self.cfg.train, self.progress())
+    def lr(self, progress: float | None = None) -> float:
+        """``train.lr`` under the schedule at ``progress`` (default: the run's progress now)."""
+        return self.cfg.train.lr * lr_factor(self.cfg.train, self.progress() if progress is None else progress)
 
     def budget_spent(self) -> bool:
         t = self.cfg.train
@@ -141,8 +142,8 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------
     def step(self) -> StepOutput:
         t = self.cfg.train
-        prog = self.progress()
-        lr = t.lr * lr_factor(t, prog)
+        prog = self.progress()  # one clock reading for the schedule and the weight draws
+        lr = self.lr(prog)
         for group in self.opt.param_groups:
             group["lr"] = lr
         f, m = self.sampler(t.batch_size)
