@@ -169,7 +169,9 @@ class TrainConfig:
         extra U-Net pass; else the network runs on the swapped pair too).
     grad_clip: max global gradient norm (0 = off).
     rising_patience: stop as ``diverged_rising`` after this many consecutive epochs whose
-        validation loss (fixed pairs) is above the best so far by ``rising_tolerance`` (relative).
+        validation loss (fixed pairs) is above the best so far by more than ``rising_tolerance``
+        times the gain since the first epoch (first epoch's val loss - best); 0.1 gives back
+        a tenth of what training had won.
     collapse_intensity: stop as ``collapsed`` when the mean warped intensity falls below
         this fraction of the mean moving intensity.
     collapse_outside: stop as ``collapsed`` when more than this fraction of sample points
@@ -190,7 +192,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0
     rising_patience: int = 3
-    rising_tolerance: float = 0.05
+    rising_tolerance: float = 0.1
     collapse_intensity: float = 0.5
     collapse_outside: float = 0.25
     threads: int = 0
@@ -213,6 +215,8 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0 (0 = no limit), got {self.max_minutes}")
         _check(self.rising_patience >= 1, "train.rising_patience", f"must be >= 1, got {self.rising_patience}")
+        _check(self.rising_tolerance >= 0, "train.rising_tolerance",
+               f"must be >= 0 (a fraction of the val-loss gain since epoch 1), got {self.rising_tolerance}")
         _check(0 < self.collapse_intensity < 1, "train.collapse_intensity", f"must be in (0, 1), got {self.collapse_intensity}")
         _check(0 < self.collapse_outside <= 1, "train.collapse_outside", f"must be in (0, 1], got {self.collapse_outside}")
         _check(self.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {self.threads}")

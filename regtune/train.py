@@ -6,7 +6,8 @@ Statuses a run ends with (``TrainResult.status``):
 - ``completed``: all epochs ran (or the wall-clock budget ended it);
 - ``diverged_nan``: a NaN/inf loss or gradient norm;
 - ``diverged_rising``: the validation loss (fixed pairs) stayed above its best for
-  ``train.rising_patience`` epochs in a row;
+  ``train.rising_patience`` epochs in a row, each time by more than
+  ``train.rising_tolerance`` of what it had gained since the first epoch;
 - ``collapsed``: the warped images lost their intensity (the "black warp") or the field
   sent too many sample points outside the volume;
 - ``stopped``: the epoch hook asked to stop (e.g. a study's early-stopping scheduler).
@@ -118,6 +119,7 @@ class DivergenceGuard:
 
     def __init__(self, t: TrainConfig):
         self.t = t
+        self.first_loss = math.nan  # the first epoch's validation loss: the scale of the gain
         self.best_loss = math.inf
         self.rising = 0
 
@@ -131,11 +133,18 @@ class DivergenceGuard:
         if val["val_outside_pct"] > 100 * t.collapse_outside:
             return "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume (field collapse)"
         # "keeps rising" is judged on the validation loss: a fixed pair list, so it has no
-        # pair-sampling noise (the epoch-mean training loss of a few dozen random pairs has)
+        # pair-sampling noise (the epoch-mean training loss of a few dozen random pairs has).
+        # A rise counts when it gives back more than rising_tolerance of the gain since the
+        # first epoch: a scale of the loss's own, where |best| is none (an NCC loss crosses
+        # zero; on the real data a 5 % of |best| band sat inside the plateau's noise and
+        # stopped the default recipe as "diverged" at 31 of its 50 minutes). A loss that never
+        # improved on its first epoch has no gain, so any persistent rise counts.
         loss = val["val_loss"]
+        if math.isnan(self.first_loss):
+            self.first_loss = loss
         if loss < self.best_loss:
             self.best_loss, self.rising = loss, 0
-        elif loss > self.best_loss + t.rising_tolerance * abs(self.best_loss):
+        elif loss > self.best_loss + t.rising_tolerance * (self.first_loss - self.best_loss):
             self.rising += 1
             if self.rising >= t.rising_patience:
                 return "diverged_rising", (f"validation loss {loss:.4g} stayed above its best {self.best_loss:.4g} "
@@ -234,6 +243,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         start_epoch, history = ck.epoch, list(ck.extra.get("history", []))
         best_score, best_dice, best_epoch = st["best_score"], st["best_dice"], st["best_epoch"]
         guard.best_loss, guard.rising = st["best_loss"], st["rising"]
+        guard.first_loss = st.get("first_loss", history[0]["val_loss"] if history else math.nan)
 
     status, reason = "completed", f"{t.epochs} epochs"
     sync_every = 1 if device.type == "cpu" else 25
@@ -289,7 +299,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
         history.append(rec)
         state = {"best_score": best_score, "best_dice": best_dice, "best_epoch": best_epoch,
-                 "best_loss": guard.best_loss, "rising": guard.rising}
+                 "best_loss": guard.best_loss, "rising": guard.rising, "first_loss": guard.first_loss}
         if status != "diverged_nan":  # never keep NaN weights as the state to resume from
             save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
                             history=history, val_pairs=val_names, test_pairs=test_names, split=split_names,
