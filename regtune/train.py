@@ -243,7 +243,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         start_epoch, history = ck.epoch, list(ck.extra.get("history", []))
         best_score, best_dice, best_epoch = st["best_score"], st["best_dice"], st["best_epoch"]
         guard.best_loss, guard.rising = st["best_loss"], st["rising"]
-        guard.first_loss = st.get("first_loss", history[0]["val_loss"] if history else math.nan)
+        guard.first_loss = history[0]["val_loss"] if history else math.nan  # the gain's reference, kept in the history
 
     status, reason = "completed", f"{t.epochs} epochs"
     sync_every = 1 if device.type == "cpu" else 25
@@ -299,7 +299,7 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
                "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
         history.append(rec)
         state = {"best_score": best_score, "best_dice": best_dice, "best_epoch": best_epoch,
-                 "best_loss": guard.best_loss, "rising": guard.rising, "first_loss": guard.first_loss}
+                 "best_loss": guard.best_loss, "rising": guard.rising}
         if status != "diverged_nan":  # never keep NaN weights as the state to resume from
             save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
                             history=history, val_pairs=val_names, test_pairs=test_names, split=split_names,
