@@ -104,6 +104,11 @@ class Augmenter:
         if self.cfg.flip > 0 or self.cfg.spatial:
             mats = self.matrices(b)
             for img, oh, lin in ((fixed, fixed_onehot, mats[0]), (moving, moving_onehot, mats[1])):
+                if oh is not None and oh.shape[2:] != img.shape[2:]:
+                    # labels on a finer grid of the same volume (an integer multiple, as downsample_image makes
+                    # it): the same voxel-space map about the centre is the same transform on either grid
+                    outs.append((self._resample(img.float(), lin), self._resample(oh.float(), lin)))
+                    continue
                 x = img if oh is None else torch.cat([img, oh.to(img.dtype)], dim=1)
                 y = self._resample(x.float(), lin)
                 outs.append((y[:, :1], None if oh is None else y[:, 1:]))

@@ -120,6 +120,10 @@ class LossConfig:
     ncc_eps: NCC's stabiliser, on the scale of VoxelMorph's and MONAI's window *sums*
         (cc = cross^2 / (var_f var_w + ncc_eps)); regtune before the fix added 1e-5 to the
         *mean* moments instead, the same as ncc_eps = 1e-5 * window^6 (5.3 at window 9).
+    dice_full_res: compute the Dice term at full resolution when training on a
+        downsampled grid (``data.downsample`` > 1): the field is upsampled as evaluation
+        does and warps the full-resolution label maps, so the loss sees the boundaries the
+        score is computed on (costs a full-resolution label warp per pair).
     ic_weight: penalty on |u_fwd(x) + u_bwd(x + u_fwd(x))|^2, the composition of the
         forward and backward fields (backward = exp(-v) for a diffeomorphic model, else the
         network's own field for the swapped pair, an extra pass); 0 = off.
@@ -133,6 +137,7 @@ class LossConfig:
     regulariser: str = "diffusion"
     reg_weight: float = 1.0
     dice_weight: float = 1.0
+    dice_full_res: bool = False
     jacobian_weight: float = 0.0
     ic_weight: float = 0.0
 

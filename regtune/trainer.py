@@ -21,7 +21,7 @@ from .data.dataset import Volumes
 from .data.pairs import PairSampler, Split
 from .losses import TERMS, LossTerms, combine, loss_terms
 from .amortise import reference_config
-from .model import downsample_image, warp
+from .model import downsample_image, upsample_field, warp
 from .model.conditioning import LambdaSampler, build_model
 from .schedule import lr_factor, progress
 
@@ -34,10 +34,14 @@ class Prepared:
         self.images = downsample_image(vols.images, ds).to(device)
         # one-hot labels at training resolution, built a few subjects at a time: the full-resolution
         # one-hot of every subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
+        # with loss.dice_full_res the maps stay at full resolution, stored as uint8 (1 byte per
+        # voxel and label) and made float per batch
         self.onehot = None
         if cfg.loss.dice_weight > 0:
             n, step = len(vols), 16
-            self.onehot = torch.cat([downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
+            full = cfg.loss.dice_full_res and ds > 1
+            self.onehot = torch.cat([vols.onehot(list(range(i, min(i + step, n)))).to(torch.uint8) if full
+                                     else downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
                                      for i in range(0, n, step)]).to(device)
         self.labelled = vols.labelled.to(device)
         if cfg.train.channels_last:
@@ -108,7 +112,7 @@ class Trainer:
         fixed, moving = prep.images[f], prep.images[m]
         fo = mo = mask = None
         if prep.onehot is not None:
-            fo, mo = prep.onehot[f], prep.onehot[m]
+            fo, mo = prep.onehot[f].float(), prep.onehot[m].float()
             mask = prep.labelled[f] & prep.labelled[m]
         if augment and self.augment is not None:
             fixed, moving, fo, mo = self.augment(fixed, moving, fo, mo)
@@ -131,8 +135,13 @@ class Trainer:
         return combine(cfg.loss, terms, mask, weights), fwd
 
     def _terms(self, fixed, moving, fo, mo, mask, fwd, bwd) -> dict[str, torch.Tensor]:
-        """Per-sample loss terms of warping ``moving`` (and its labels) with ``fwd``."""
-        if mo is not None:  # image and label channels in one grid_sample
+        """Per-sample loss terms of warping ``moving`` (and its labels) with ``fwd``; labels
+        on a finer grid than the images (``loss.dice_full_res``) are warped by the field
+        upsampled to their grid, as evaluation does."""
+        if mo is not None and mo.shape[2:] != moving.shape[2:]:
+            warped = warp(moving, fwd)
+            wo = warp(mo, upsample_field(fwd.float(), self.cfg.data.downsample, tuple(mo.shape[2:])))
+        elif mo is not None:  # image and label channels in one grid_sample
             w = warp(torch.cat([moving.float(), mo.float()], dim=1), fwd)
             warped, wo = w[:, :1], w[:, 1:]
         else:
