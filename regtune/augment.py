@@ -71,15 +71,20 @@ class Augmenter:
         return out[0], out[1]
 
     @staticmethod
-    def _resample(x: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    def _resample(x: torch.Tensor, lin: torch.Tensor, centre: tuple[float, float, float] | None = None) -> torch.Tensor:
         """x (B, C, X, Y, Z) resampled at centre + lin (p - centre) (voxel units, array-axis
-        order), trilinear, border padding."""
+        order; ``centre`` defaults to the grid's own), trilinear, border padding."""
         size = x.shape[2:]
         half = torch.tensor([(n - 1) / 2.0 for n in size], device=x.device, dtype=lin.dtype)
-        # normalised coordinates q = p_c / half (per array axis); grid_sample's axes are reversed
+        # normalised coordinates q = (p - half) / half (per array axis); grid_sample's axes are reversed
         theta_arr = lin * half.view(1, 1, 3) / half.view(1, 3, 1)  # diag(1/half) lin diag(half)
+        shift = torch.zeros(lin.shape[0], 3, 1, device=x.device, dtype=lin.dtype)
+        if centre is not None:  # about another point c: q = A q + diag(1/half) (I - lin) (c - half)
+            off = torch.tensor(centre, device=x.device, dtype=lin.dtype) - half
+            eye = torch.eye(3, device=x.device, dtype=lin.dtype)
+            shift = ((eye - lin) @ off.view(1, 3, 1)) / half.view(1, 3, 1)
         rev = theta_arr.flip(1).flip(2)
-        theta = torch.cat([rev, torch.zeros(lin.shape[0], 3, 1, device=x.device, dtype=lin.dtype)], dim=2)
+        theta = torch.cat([rev, shift.flip(1)], dim=2)
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=True)
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
@@ -94,8 +99,12 @@ class Augmenter:
         return img
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_onehot: torch.Tensor | None = None,
-                 moving_onehot: torch.Tensor | None = None):
-        """Augmented (fixed, moving, fixed_onehot, moving_onehot); one-hot maps may be None."""
+                 moving_onehot: torch.Tensor | None = None, label_centre: tuple[float, float, float] | None = None):
+        """Augmented (fixed, moving, fixed_onehot, moving_onehot); one-hot maps may be None.
+        One-hot maps on another grid than the images (finer, or a crop of a finer grid) are
+        resampled on their own with the same voxel-space transform, about ``label_centre``:
+        the voxel coordinates of the volume's centre in their grid (default: their grid's
+        centre)."""
         if fixed.shape != moving.shape or fixed.ndim != 5:
             raise ValueError(f"Augmenter expects fixed and moving of one (B, 1, X, Y, Z) shape, got "
                              f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
@@ -104,10 +113,10 @@ class Augmenter:
         if self.cfg.flip > 0 or self.cfg.spatial:
             mats = self.matrices(b)
             for img, oh, lin in ((fixed, fixed_onehot, mats[0]), (moving, moving_onehot, mats[1])):
-                if oh is not None and oh.shape[2:] != img.shape[2:]:
+                if oh is not None and (oh.shape[2:] != img.shape[2:] or label_centre is not None):
                     # labels on a finer grid of the same volume (an integer multiple, as downsample_image makes
                     # it): the same voxel-space map about the centre is the same transform on either grid
-                    outs.append((self._resample(img.float(), lin), self._resample(oh.float(), lin)))
+                    outs.append((self._resample(img.float(), lin), self._resample(oh.float(), lin, label_centre)))
                     continue
                 x = img if oh is None else torch.cat([img, oh.to(img.dtype)], dim=1)
                 y = self._resample(x.float(), lin)

@@ -26,23 +26,47 @@ from .model.conditioning import LambdaSampler, build_model
 from .schedule import lr_factor, progress
 
 
-class Prepared:
-    """Training-resolution tensors on the device, made once."""
+#: full-resolution voxels kept around the training subjects' labels (loss.dice_full_res): more than
+#: a field moves a label there (augmentation ~3 voxels, registration a few more)
+LABEL_MARGIN = 8
 
-    def __init__(self, cfg: Config, vols: Volumes, device: torch.device):
+
+def label_box(labels: torch.Tensor, idx: tuple[int, ...], margin: int = LABEL_MARGIN) -> tuple[slice, slice, slice]:
+    """The box around every foreground voxel of subjects ``idx`` (N, X, Y, Z label maps),
+    grown by ``margin`` voxels and clipped to the volume; the whole volume when none is labelled."""
+    fg = (labels[list(idx)] > 0).any(0) if len(idx) else torch.zeros(labels.shape[1:], dtype=torch.bool)
+    if not bool(fg.any()):
+        return tuple(slice(0, n) for n in labels.shape[1:])
+    nz = fg.nonzero()
+    lo, hi = nz.min(0).values, nz.max(0).values
+    return tuple(slice(max(0, int(a) - margin), min(n, int(b) + 1 + margin)) for a, b, n in zip(lo, hi, labels.shape[1:]))
+
+
+class Prepared:
+    """Training-resolution tensors on the device, made once.
+
+    With ``loss.dice_full_res`` (and a downsampled training grid) the one-hot labels stay
+    at full resolution, cropped to :func:`label_box` of the training subjects (``box``;
+    ~40 % of a Learn2Reg volume) and stored as uint8, made float per batch."""
+
+    def __init__(self, cfg: Config, vols: Volumes, device: torch.device, train: tuple[int, ...] = ()):
         ds = cfg.data.downsample
         self.images = downsample_image(vols.images, ds).to(device)
-        # one-hot labels at training resolution, built a few subjects at a time: the full-resolution
-        # one-hot of every subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
-        # with loss.dice_full_res the maps stay at full resolution, stored as uint8 (1 byte per
-        # voxel and label) and made float per batch
-        self.onehot = None
+        self.full_size = tuple(int(n) for n in vols.images.shape[2:])
+        # one-hot labels built a few subjects at a time: the full-resolution one-hot of every
+        # subject at once would be K x 4 bytes per voxel (~0.7 GB on Learn2Reg)
+        self.onehot = self.box = self.box_centre = None
         if cfg.loss.dice_weight > 0:
             n, step = len(vols), 16
-            full = cfg.loss.dice_full_res and ds > 1
-            self.onehot = torch.cat([vols.onehot(list(range(i, min(i + step, n)))).to(torch.uint8) if full
-                                     else downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds)
-                                     for i in range(0, n, step)]).to(device)
+            if cfg.loss.dice_full_res and ds > 1:
+                self.box = label_box(vols.labels, train)
+                # the volume's centre in the box's voxel coordinates (augmentation turns about it)
+                self.box_centre = tuple((m - 1) / 2.0 - b.start for m, b in zip(self.full_size, self.box))
+                parts = [vols.onehot(list(range(i, min(i + step, n))))[(..., *self.box)].to(torch.uint8)
+                         for i in range(0, n, step)]
+            else:
+                parts = [downsample_image(vols.onehot(list(range(i, min(i + step, n)))), ds) for i in range(0, n, step)]
+            self.onehot = torch.cat(parts).to(device)
         self.labelled = vols.labelled.to(device)
         if cfg.train.channels_last:
             self.images = self.images.contiguous(memory_format=torch.channels_last_3d)
@@ -68,7 +92,7 @@ class Trainer:
         self.cfg = cfg = reference_config(cfg)
         self.device = torch.device(device)
         t = cfg.train
-        self.prep = Prepared(cfg, vols, self.device)
+        self.prep = Prepared(cfg, vols, self.device, tuple(split.train))
         self.model = build_model(cfg).to(self.device)
         self.lam = LambdaSampler(cfg, self.device, seed=t.seed + 2) if cfg.amortise.ranges else None
         if t.channels_last:
@@ -115,7 +139,7 @@ class Trainer:
             fo, mo = prep.onehot[f].float(), prep.onehot[m].float()
             mask = prep.labelled[f] & prep.labelled[m]
         if augment and self.augment is not None:
-            fixed, moving, fo, mo = self.augment(fixed, moving, fo, mo)
+            fixed, moving, fo, mo = self.augment(fixed, moving, fo, mo, label_centre=prep.box_centre)
             if cfg.train.channels_last:
                 fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
                 moving = moving.contiguous(memory_format=torch.channels_last_3d)
@@ -136,11 +160,12 @@ class Trainer:
 
     def _terms(self, fixed, moving, fo, mo, mask, fwd, bwd) -> dict[str, torch.Tensor]:
         """Per-sample loss terms of warping ``moving`` (and its labels) with ``fwd``; labels
-        on a finer grid than the images (``loss.dice_full_res``) are warped by the field
-        upsampled to their grid, as evaluation does."""
-        if mo is not None and mo.shape[2:] != moving.shape[2:]:
+        kept at full resolution (``loss.dice_full_res``) are warped by the field upsampled
+        as evaluation does, on their box."""
+        if self.prep.box is not None and mo is not None:
             warped = warp(moving, fwd)
-            wo = warp(mo, upsample_field(fwd.float(), self.cfg.data.downsample, tuple(mo.shape[2:])))
+            up = upsample_field(fwd.float(), self.cfg.data.downsample, self.prep.full_size)
+            wo = warp(mo, up[(..., *self.prep.box)])
         elif mo is not None:  # image and label channels in one grid_sample
             w = warp(torch.cat([moving.float(), mo.float()], dim=1), fwd)
             warped, wo = w[:, :1], w[:, 1:]

@@ -59,6 +59,21 @@ def test_labels_on_the_full_grid_move_with_the_downsampled_images():
     assert float((_centre_of_mass(coarse(other)) - _centre_of_mass(foa_c)).abs().max()) > 1.0
 
 
+def test_augmenting_a_crop_about_the_volume_centre_equals_cropping_the_augmented_volume():
+    """label_centre: labels kept as a box of the volume turn about the volume's centre."""
+    f, m, fo, mo = _pair(b=2, size=24)
+    box = (slice(3, 21), slice(5, 24), slice(2, 19))
+    centre = tuple((n - 1) / 2.0 - b.start for n, b in zip(fo.shape[2:], box))
+    cfg = AugConfig(flip=0.5, rotate=10.0, scale=0.05, shear=0.03)
+    _, _, foa, moa = Augmenter(cfg, "cpu", seed=6)(f, m, fo, mo)
+    _, _, fob, mob = Augmenter(cfg, "cpu", seed=6)(f, m, fo[(..., *box)], mo[(..., *box)], label_centre=centre)
+    for whole, part in ((foa, fob), (moa, mob)):
+        assert float(whole.abs().sum()) > 1.0
+        assert torch.allclose(whole[(..., *box)], part, atol=1e-5)  # the phantom's labels lie inside the box
+    _, _, wrong, _ = Augmenter(cfg, "cpu", seed=6)(f, m, fo[(..., *box)], mo[(..., *box)])  # about the box's centre
+    assert not torch.allclose(foa[(..., *box)], wrong, atol=1e-3)
+
+
 def test_flip_is_shared_by_the_pair_and_affine_is_per_image():
     f, _, fo, _ = _pair()
     only_flip = Augmenter(AugConfig(flip=0.5), "cpu", seed=1)

@@ -64,8 +64,9 @@ def test_symmetric_loss_is_the_mean_of_both_directions_with_the_exact_inverse(vo
 
 def test_full_resolution_dice_warps_the_full_labels_with_the_upsampled_field(vols):
     """loss.dice_full_res: the Dice term is the soft Dice of the full-resolution label maps
-    warped by the training-grid field upsampled as evaluation does; the other terms stay on
-    the training grid."""
+    warped by the training-grid field upsampled as evaluation does (computed here on the
+    whole grid: the trainer's box around the labels loses nothing); the other terms stay
+    on the training grid."""
     from regtune.losses import soft_dice_loss
     from regtune.model import upsample_field
     cfg = tiny(**{"loss.dice_full_res": True, "loss.dice_weight": 1.0})
@@ -74,7 +75,11 @@ def test_full_resolution_dice_warps_the_full_labels_with_the_upsampled_field(vol
     tr.model.load_state_dict(base.model.state_dict())
     _nudge(tr.model)
     _nudge(base.model)
-    assert tr.prep.onehot.dtype == torch.uint8 and tuple(tr.prep.onehot.shape[2:]) == tuple(vols.images.shape[2:])
+    box = tr.prep.box
+    assert tr.prep.onehot.dtype == torch.uint8 and tuple(tr.prep.onehot.shape[2:]) == tuple(b.stop - b.start for b in box)
+    inside = torch.zeros(vols.labels.shape[1:], dtype=torch.bool)
+    inside[box] = True
+    assert not bool((vols.labels[list(SPLIT.train)] > 0)[:, ~inside].any())  # every training label is in the box
     f, m = torch.tensor([0, 2]), torch.tensor([1, 3])
     with torch.no_grad():
         got, fwd = tr.loss(f, m)
