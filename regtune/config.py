@@ -117,6 +117,12 @@ def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
             raise bad("a list of KEY=LOW:HIGH[:log] strings")
         return tuple(x.strip() for x in items)
+    if key == "train.amp":  # true, false or auto
+        if isinstance(raw, bool) or raw == "auto":
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "1", "0", "auto"):
+            return "auto" if raw.lower() == "auto" else raw.lower() in ("true", "yes", "1")
+        raise bad("true, false or auto")
     if key == "data.root":
         if raw is None or raw == "" or str(raw).lower() in ("none", "synthetic"):
             return None

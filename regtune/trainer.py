@@ -42,6 +42,22 @@ def label_box(labels: torch.Tensor, idx: tuple[int, ...], margin: int = LABEL_MA
     return tuple(slice(max(0, int(a) - margin), min(n, int(b) + 1 + margin)) for a, b, n in zip(lo, hi, labels.shape[1:]))
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as PyTorch detects it."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_enabled(amp: bool | str, device: torch.device) -> bool:
+    """``train.amp`` on ``device``: true/false as given (bf16 autocast exists for CUDA and
+    CPU only), ``auto`` = CUDA, or a CPU with native bf16."""
+    if device.type not in ("cuda", "cpu"):
+        return False
+    if amp == "auto":
+        return device.type == "cuda" or native_bf16_cpu()
+    return bool(amp)
+
+
 class Prepared:
     """Training-resolution tensors on the device, made once.
 
@@ -102,7 +118,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         self.sampler = PairSampler(split.train, cfg.data.pairs, t.seed, device=self.device)
         self.augment = Augmenter(cfg.aug, self.device, seed=t.seed + 1) if cfg.aug.any else None
-        self.use_amp = t.amp and self.device.type in ("cuda", "cpu")
+        self.use_amp = amp_enabled(t.amp, self.device)
         self.steps = 0
         self.seconds = 0.0  # training time spent before this process (resume) -- the budget clock
         self._t0 = time.monotonic()

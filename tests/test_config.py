@@ -28,7 +28,7 @@ def test_overrides_coerce_types(tmp_path):
     ("loss.ncc_window=4", "odd"),
     ("data.downsample=3", "data.downsample"),
     ("model.dec=[8]", "model.dec"),
-    ("train.amp=maybe", "true or false"),
+    ("train.amp=maybe", "true, false or auto"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):

@@ -184,3 +184,18 @@ def test_wall_clock_budget_ends_training_and_is_recorded(vols, tmp_path):
     res = train(cfg, vols, tmp_path, progress=False, split=SPLIT)
     assert res.status == "completed" and "budget" in res.reason and res.epochs == 1 and res.steps < 50
     assert math.isfinite(res.best_score)
+
+
+def test_amp_auto_follows_the_device_and_the_cpu():
+    """train.amp accepts true, false and auto; auto is bf16 on CUDA and on CPUs with native bf16."""
+    from regtune.trainer import amp_enabled, native_bf16_cpu
+    assert Config.load(None, ["train.amp=auto"]).train.amp == "auto"
+    assert Config.load(None, ["train.amp=true"]).train.amp is True
+    assert Config.load(None, ["train.amp=false"]).train.amp is False
+    cpu = torch.device("cpu")
+    assert amp_enabled("auto", cpu) is native_bf16_cpu()
+    assert amp_enabled("auto", torch.device("cuda")) is True  # resolution only: nothing runs on the device
+    assert amp_enabled(True, cpu) is True and amp_enabled(False, torch.device("cuda")) is False
+    assert amp_enabled(True, torch.device("meta")) is False  # no bf16 autocast there
+    with pytest.raises(ConfigError, match="train.amp"):
+        Config().with_values({"train.amp": "fast"})
