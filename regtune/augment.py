@@ -115,7 +115,8 @@ class Augmenter:
             for img, oh, lin in ((fixed, fixed_onehot, mats[0]), (moving, moving_onehot, mats[1])):
                 if oh is not None and (oh.shape[2:] != img.shape[2:] or label_centre is not None):
                     # labels on a finer grid of the same volume (an integer multiple, as downsample_image makes
-                    # it): the same voxel-space map about the centre is the same transform on either grid
+                    # it), or a crop of one (label_centre: where the volume's centre lies in the crop): the same
+                    # voxel-space map about the volume's centre is the same transform on either grid
                     outs.append((self._resample(img.float(), lin), self._resample(oh.float(), lin, label_centre)))
                     continue
                 x = img if oh is None else torch.cat([img, oh.to(img.dtype)], dim=1)

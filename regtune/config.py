@@ -118,7 +118,7 @@ def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
             raise bad("a list of KEY=LOW:HIGH[:log] strings")
         return tuple(x.strip() for x in items)
     if key == "train.amp":  # true, false or auto
-        if isinstance(raw, bool) or raw == "auto":
+        if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "1", "0", "auto"):
             return "auto" if raw.lower() == "auto" else raw.lower() in ("true", "yes", "1")

@@ -291,6 +291,9 @@ class AmortiseConfig:
         the weights) or ``hyper`` (a HyperMorph hypernetwork: every conv's weights are
         W + H(MLP(weights)), per sample).
     hidden / depth: width and number of hidden layers of the MLP.
+    film_head: with ``film``, also scale the velocity head's three output channels per
+        sample, ``(1 + gamma) * head(x)``: a direct knob on the field's size (and so its
+        smoothness), which the weights' ends pull apart most.
     end_prob: fraction of the draws put exactly on an end of a range.
     end_high: the share of those on the high end (0.5: half on each end). The high end of
         a regulariser's weight is the slowest regime to learn (strong smoothing of large
@@ -310,6 +313,7 @@ class AmortiseConfig:
     method: str = "film"
     hidden: int = 64
     depth: int = 2
+    film_head: bool = False
     end_prob: float = 0.2
     end_high: float = 0.5
     high_first: float = 0.0
@@ -322,6 +326,8 @@ class AmortiseConfig:
         _check(self.method in METHODS, "amortise.method", f"must be one of {METHODS}, got {self.method!r}")
         _check(1 <= self.hidden <= 1024, "amortise.hidden", f"must be in [1, 1024], got {self.hidden}")
         _check(1 <= self.depth <= 8, "amortise.depth", f"must be in [1, 8], got {self.depth}")
+        _check(not self.film_head or self.method == "film", "amortise.film_head",
+               f"scales the head of a FiLM network only; set amortise.method=film or film_head=false (method {self.method!r})")
         _check(0 <= self.end_prob < 1, "amortise.end_prob", f"must be in [0, 1), got {self.end_prob}")
         _check(0 <= self.end_high <= 1, "amortise.end_high", f"must be in [0, 1], got {self.end_high}")
         _check(0 <= self.high_first < 1, "amortise.high_first", f"must be in [0, 1), got {self.high_first}")

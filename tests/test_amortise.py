@@ -127,6 +127,27 @@ def test_ordinary_network_has_no_conditioner_and_the_same_weights(vols):
     assert torch.allclose(plain(m, f), cond(m, f, cond=torch.rand(2, 1)), atol=1e-7)
 
 
+def test_film_head_scales_the_velocity_per_sample_and_starts_as_the_plain_network():
+    torch.manual_seed(0)
+    plain = build_model(tiny())
+    torch.manual_seed(0)
+    net = build_model(tiny(**{"amortise.ranges": [RANGE], "amortise.film_head": True}))
+    m, f = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16)
+    u = torch.tensor([[0.0], [1.0]])
+    assert torch.allclose(plain(m, f), net(m, f, cond=u), atol=1e-7)  # zero head: the plain network
+    with torch.no_grad():  # head scale outputs (the last 3) set to 0 at u = 0 and 0.5 at u = 1
+        z = net.conditioner.trunk(u)
+        d = z[1] - z[0]
+        w = 0.5 * d / d.dot(d)
+        net.conditioner.head.weight[-3:] = w
+        net.conditioner.head.bias[-3:] = -w.dot(z[0])
+    v_plain, v = plain.velocity(m, f), net.velocity(m, f, cond=u)
+    assert torch.allclose(v[0], v_plain[0], atol=1e-6)
+    assert torch.allclose(v[1], 1.5 * v_plain[1], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ConfigError, match="amortise.film_head"):
+        tiny(**{"amortise.ranges": [RANGE], "amortise.method": "hyper", "amortise.film_head": True})
+
+
 # ---- the weight changes the output ----------------------------------------------------
 def test_higher_reg_weight_gives_a_smoother_field(film_run, vols):
     net = load_checkpoint(film_run / "best.pt").model()

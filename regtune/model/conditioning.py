@@ -90,29 +90,34 @@ class Conditioner(nn.Module):
 
 
 class FiLM(Conditioner):
-    def __init__(self, net: RegNet, ranges: tuple[WeightRange, ...], hidden: int = 64, depth: int = 2):
+    def __init__(self, net: RegNet, ranges: tuple[WeightRange, ...], hidden: int = 64, depth: int = 2,
+                 film_head: bool = False):
         super().__init__(ranges)
         self.widths = [c.out_channels for c in _convs(net)[:-1]]
+        self.n_head = net.flow.out_channels if film_head else 0
         self.trunk = _mlp(len(ranges), hidden, depth)
-        self.head = _head(hidden, 2 * sum(self.widths))
+        self.head = _head(hidden, 2 * sum(self.widths) + self.n_head)
 
     def forward(self, cond: torch.Tensor | None, batch: int) -> "_FiLMApply":
         p = self.head(self.trunk(self._inputs(cond, batch))) * self.out_scale
-        return _FiLMApply(p, self.widths)
+        return _FiLMApply(p, self.widths, self.n_head)
 
 
 class _FiLMApply:
-    """Called per block in network order: modulates every ConvBlock, leaves the head."""
+    """Called per block in network order: modulates every ConvBlock; the head only by a
+    per-channel scale, and only with ``n_head`` (``amortise.film_head``)."""
 
-    def __init__(self, p: torch.Tensor, widths: list[int]):
+    def __init__(self, p: torch.Tensor, widths: list[int], n_head: int = 0):
         b = p.shape[0]
-        chunks = p.split([w for w in widths for _ in (0, 1)], dim=1)
+        chunks = p.split([w for w in widths for _ in (0, 1)] + ([n_head] if n_head else []), dim=1)
         self.mods = [(chunks[2 * i].view(b, -1, 1, 1, 1), chunks[2 * i + 1].view(b, -1, 1, 1, 1)) for i in range(len(widths))]
+        self.head_gamma = chunks[-1].view(b, -1, 1, 1, 1) if n_head else None
         self.i = 0
 
     def __call__(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(blk, ConvBlock):
-            return blk(x)
+            y = blk(x)
+            return y if self.head_gamma is None else y * (self.head_gamma + 1.0)
         gamma, beta = self.mods[self.i]
         self.i += 1
         # (multiply, then add: ~1.5x faster forward + backward than addcmul on channels-last maps)
@@ -163,7 +168,8 @@ def build_model(cfg) -> RegNet:
     rs = ranges_of(cfg)
     if rs:
         a = cfg.amortise
-        net.conditioner = (FiLM if a.method == "film" else HyperNet)(net, rs, a.hidden, a.depth)
+        net.conditioner = (FiLM(net, rs, a.hidden, a.depth, a.film_head) if a.method == "film"
+                           else HyperNet(net, rs, a.hidden, a.depth))
     return net
 
 
