@@ -25,7 +25,7 @@ def tiny(**kw) -> Config:
 
 
 def test_short_training_on_one_pair_lowers_loss_and_raises_dice(vols, tmp_path):
-    cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 60, "train.lr": 3e-3, "loss.reg_weight": 0.1,
+    cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 100, "train.lr": 3e-3, "loss.reg_weight": 0.1,
                   "loss.ncc_window": 5})
     seen = []
     pair = Split(train=(0, 1), val=(0, 1))  # overfit one pair (both directions), validate on it
