@@ -122,21 +122,35 @@ class StudyTracker(ProgressLines, tune.Callback):
             return self._map[tid]
         src = (trial.config or {}).get("regtune.promote_from")
         config = {**self.extra_params.get(src, {}), **(trial.config or {})}
-        tags = {"mlflow.parentRunId": self.state["parent_run_id"], "regtune.kind": self.kind,
-                "regtune.study": self.space.name, "regtune.trial_id": tid, STATUS_TAG: "running",
-                "regtune.searched": ",".join(k for k in config if not k.startswith("regtune."))}
-        if src:
-            tags["regtune.promoted_from"] = str(src)
-        run = self.client.create_run(self.state["experiment_id"],
-                                     run_name=f"{'promoted ' + str(src) if src else 'trial ' + tid}", tags=tags)
+        run = self._left_behind(tid)
+        if run is None:
+            tags = {"mlflow.parentRunId": self.state["parent_run_id"], "regtune.kind": self.kind,
+                    "regtune.study": self.space.name, "regtune.trial_id": tid, STATUS_TAG: "running",
+                    "regtune.searched": ",".join(k for k in config if not k.startswith("regtune."))}
+            if src:
+                tags["regtune.promoted_from"] = str(src)
+            run = self.client.create_run(self.state["experiment_id"],
+                                         run_name=f"{'promoted ' + str(src) if src else 'trial ' + tid}", tags=tags)
         rid = run.info.run_id
-        params = [Param(k, str(v)) for k, v in config.items()]
-        base = {k: v for k, v in self.space.base.flat().items() if k not in config}
-        params += [Param(k, str(v)) for k, v in base.items()]
-        self.client.log_batch(rid, params=params)
+        if not run.data.params:
+            params = [Param(k, str(v)) for k, v in config.items()]
+            base = {k: v for k, v in self.space.base.flat().items() if k not in config}
+            params += [Param(k, str(v)) for k, v in base.items()]
+            self.client.log_batch(rid, params=params)
         self._map[tid] = rid
         self._save()
         return rid
+
+    def _left_behind(self, tid: str):
+        """The run of trial ``tid`` that a driver killed between creating it and writing
+        ``mlflow.json`` left in MLflow (under this study's parent, not in the mapping), or
+        None: a resumed study adopts it instead of opening a second run for the trial."""
+        assert self.client is not None
+        found = self.client.search_runs(
+            [self.state["experiment_id"]], max_results=10, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`regtune.trial_id` = '{tid}' and tags.`mlflow.parentRunId` = "
+                          f"'{self.state['parent_run_id']}' and tags.`regtune.kind` = '{self.kind}'")
+        return next((r for r in found if r.data.tags.get("regtune.orphan") != "true"), None)
 
     # ---- Ray callbacks --------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
