@@ -10,6 +10,11 @@ from regtune.config import AugConfig
 from regtune.data.synth import make_pair
 
 
+def _aug(**kw) -> AugConfig:
+    """Only the named augmentations (the config's defaults turn some on)."""
+    return AugConfig(**{**{k: 0.0 for k in ("flip", "rotate", "scale", "shear", "gamma", "noise")}, **kw})
+
+
 def _pair(b=3, size=20):
     f_img, f_lab, m_img, m_lab, _ = make_pair(size, seed=2)
     fl = torch.from_numpy(f_lab).long()
@@ -25,7 +30,7 @@ def test_spatial_augmentation_moves_image_and_labels_together():
     f, m, fo, mo = _pair()
     coef = torch.tensor([0.3, 0.8]).view(1, 2, 1, 1, 1)
     f_lin, m_lin = (fo * coef).sum(1, keepdim=True), (mo * coef).sum(1, keepdim=True)
-    aug = Augmenter(AugConfig(flip=0.5, rotate=15.0, scale=0.1, shear=0.05), "cpu", seed=0)
+    aug = Augmenter(_aug(flip=0.5, rotate=15.0, scale=0.1, shear=0.05), "cpu", seed=0)
     fa, ma, foa, moa = aug(f_lin, m_lin, fo, mo)
     assert torch.allclose(fa, (foa * coef).sum(1, keepdim=True), atol=1e-5)
     assert torch.allclose(ma, (moa * coef).sum(1, keepdim=True), atol=1e-5)
@@ -47,7 +52,7 @@ def test_labels_on_the_full_grid_move_with_the_downsampled_images():
     from regtune.model import downsample_image
     f, m, fo, mo = _pair(b=2, size=32)
     coarse = lambda x: downsample_image(x, 2)  # noqa: E731
-    cfg = AugConfig(flip=0.5, rotate=10.0, scale=0.05)
+    cfg = _aug(flip=0.5, rotate=10.0, scale=0.05)
     _, _, foa_c, moa_c = Augmenter(cfg, "cpu", seed=4)(coarse(f), coarse(m), coarse(fo), coarse(mo))
     fa, ma, foa, moa = Augmenter(cfg, "cpu", seed=4)(coarse(f), coarse(m), fo, mo)
     assert foa.shape == fo.shape and fa.shape == coarse(f).shape
@@ -64,7 +69,7 @@ def test_augmenting_a_crop_about_the_volume_centre_equals_cropping_the_augmented
     f, m, fo, mo = _pair(b=2, size=24)
     box = (slice(3, 21), slice(5, 24), slice(2, 19))
     centre = tuple((n - 1) / 2.0 - b.start for n, b in zip(fo.shape[2:], box))
-    cfg = AugConfig(flip=0.5, rotate=10.0, scale=0.05, shear=0.03)
+    cfg = _aug(flip=0.5, rotate=10.0, scale=0.05, shear=0.03)
     _, _, foa, moa = Augmenter(cfg, "cpu", seed=6)(f, m, fo, mo)
     _, _, fob, mob = Augmenter(cfg, "cpu", seed=6)(f, m, fo[(..., *box)], mo[(..., *box)], label_centre=centre)
     for whole, part in ((foa, fob), (moa, mob)):
@@ -76,7 +81,7 @@ def test_augmenting_a_crop_about_the_volume_centre_equals_cropping_the_augmented
 
 def test_flip_is_shared_by_the_pair_and_affine_is_per_image():
     f, _, fo, _ = _pair()
-    only_flip = Augmenter(AugConfig(flip=0.5), "cpu", seed=1)
+    only_flip = Augmenter(_aug(flip=0.5), "cpu", seed=1)
     fa, ma, _, _ = only_flip(f, f.clone())
     assert torch.equal(fa, ma)  # identical inputs, same flip -> identical outputs
     flipped = [not torch.allclose(fa[i], f[i]) for i in range(f.shape[0])]
@@ -85,7 +90,7 @@ def test_flip_is_shared_by_the_pair_and_affine_is_per_image():
         cands = [f[i]] + [f[i].flip(d) for d in (1, 2, 3)] + [f[i].flip(a, b) for a, b in ((1, 2), (1, 3), (2, 3))] + [f[i].flip(1, 2, 3)]
         assert any(torch.allclose(fa[i], c, atol=1e-5) for c in cands)
     assert any(flipped)
-    own = Augmenter(AugConfig(rotate=10.0), "cpu", seed=1)
+    own = Augmenter(_aug(rotate=10.0), "cpu", seed=1)
     fa, ma, _, _ = own(f, f.clone())
     assert not torch.allclose(fa, ma, atol=1e-3)  # each image of the pair gets its own pose
 
@@ -102,12 +107,12 @@ def test_rotation_convention_matches_rot90_in_voxel_space():
 
 def test_intensity_augmentation_and_reproducibility():
     f, m, _, _ = _pair(b=4)
-    aug = Augmenter(AugConfig(gamma=0.4, noise=0.05), "cpu", seed=3)
+    aug = Augmenter(_aug(gamma=0.4, noise=0.05), "cpu", seed=3)
     fa, ma, _, _ = aug(f, m)
     assert not torch.allclose(fa, f)
     resid = (fa - f).flatten(1).std(1)
     assert float(resid.max()) < 0.3 and math.isfinite(float(fa.sum()))
-    again = Augmenter(AugConfig(gamma=0.4, noise=0.05), "cpu", seed=3)
+    again = Augmenter(_aug(gamma=0.4, noise=0.05), "cpu", seed=3)
     assert torch.equal(again(f, m)[0], fa)  # seeded
     st = aug.state()
     x1 = aug(f, m)[0]
@@ -117,7 +122,7 @@ def test_intensity_augmentation_and_reproducibility():
 
 def test_bad_inputs_and_config():
     with pytest.raises(ValueError, match="got"):
-        Augmenter(AugConfig(flip=0.5), "cpu")(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 5))
+        Augmenter(_aug(flip=0.5), "cpu")(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 5))
     from regtune.errors import ConfigError
     with pytest.raises(ConfigError, match="aug.rotate"):
         AugConfig(rotate=90.0)

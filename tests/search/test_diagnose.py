@@ -15,6 +15,8 @@ BASE = {
     "data.downsample": 1, "data.val_subjects": 3, "data.val_pairs": 3, "data.test_subjects": 2,
     "train.epochs": 3, "train.steps_per_epoch": 40, "train.batch_size": 2, "loss.dice_weight": 1.0,
     "loss.ncc_window": 5,
+    # no augmentation: these tiny trials train a few dozen steps on the phantoms
+    "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0,
 }
 
 
