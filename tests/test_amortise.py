@@ -20,10 +20,12 @@ from regtune.model.conditioning import FiLM, HyperNet, LambdaSampler, build_mode
 from regtune.model.transform import downsample_image
 from regtune.train import train
 
+from .helpers import NO_AUG
+
 TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2,
         "data.test_subjects": 2, "data.downsample": 2, "train.batch_size": 4, "loss.dice_weight": 0.0,
         "train.lr": 3e-3, "loss.ncc_window": 5, "model.int_steps": 0,
-        "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0}  # no augmentation: one pair, few steps
+        **NO_AUG}  # one pair, few steps
 RANGE = "loss.reg_weight=0.1:100:log"
 
 

@@ -9,10 +9,12 @@ from regtune.augment import Augmenter
 from regtune.config import AugConfig
 from regtune.data.synth import make_pair
 
+from .helpers import NO_AUG
+
 
 def _aug(**kw) -> AugConfig:
     """Only the named augmentations (the config's defaults turn some on)."""
-    return AugConfig(**{**{k: 0.0 for k in ("flip", "rotate", "scale", "shear", "gamma", "noise")}, **kw})
+    return AugConfig(**{**{k.removeprefix("aug."): v for k, v in NO_AUG.items()}, **kw})
 
 
 def _pair(b=3, size=20):

@@ -11,9 +11,11 @@ from regtune.errors import ConfigError
 from regtune.data.pairs import Split
 from regtune.train import DivergenceGuard, StopTraining, no_registration_baseline, train
 
+from .helpers import NO_AUG
+
 TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2, "data.test_subjects": 2,
         "data.downsample": 1, "train.batch_size": 2, "loss.dice_weight": 0.0,
-        "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0}
+        **NO_AUG}  # one pair, few steps
 
 
 @pytest.fixture(scope="module")

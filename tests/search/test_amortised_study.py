@@ -15,10 +15,11 @@ from regtune.errors import ConfigError
 from regtune.search.space import load_space, parse_space
 from regtune.search.study import StudyOptions, run_study
 
+from ..helpers import NO_AUG
+
 TINY_BASE = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0, "data.downsample": 2,
              "data.val_subjects": 2, "data.val_pairs": 2, "data.test_subjects": 2, "data.test_pairs": 2,
-             "train.epochs": 2, "train.steps_per_epoch": 6, "train.batch_size": 2, "loss.dice_weight": 0.0,
-             "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0}
+             "train.epochs": 2, "train.steps_per_epoch": 6, "train.batch_size": 2, "loss.dice_weight": 0.0, **NO_AUG}
 SPACE = {"name": "amortised-tiny", "base": TINY_BASE,
          "params": {"loss.reg_weight": {"type": "float", "low": 0.1, "high": 100.0, "log": True, "amortised": True},
                     "train.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},

@@ -22,12 +22,13 @@ from regtune.search.outcome import OPTUNA_STATE, ranked
 from regtune.search.space import load_space
 from regtune.search.study import StudyOptions, format_table, run_study
 
+from ..helpers import NO_AUG
+
 BASE = {
     "model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
     "data.downsample": 2, "data.val_subjects": 3, "data.val_pairs": 2, "data.test_pairs": 2,
     "train.epochs": 3, "train.steps_per_epoch": 15, "train.batch_size": 2, "loss.dice_weight": 0.0,
-    # no augmentation: these tiny trials train a few dozen steps on the phantoms
-    "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0,
+    **NO_AUG,  # these tiny trials train a few dozen steps on the phantoms
 }
 NAME = "best"
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from .servers import start_mlflow_server, start_postgres, start_ray_cluster, stop_group
+from ..helpers import NO_AUG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -70,7 +71,7 @@ def write_space(path: Path) -> Path:
         "base": {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
                  "data.downsample": 2, "data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2,
                  "train.epochs": EPOCHS, "train.steps_per_epoch": 60, "train.batch_size": 2, "train.grad_clip": 10.0,
-                 "loss.dice_weight": 0.0, "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0},
+                 "loss.dice_weight": 0.0, **NO_AUG},
         "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 4e-3, "log": True}},
         "objective": {"metric": "val_loss", "mode": "min"},
         # grace = epochs: no early stopping here, every trial runs to the end (the kill lands mid-trial)

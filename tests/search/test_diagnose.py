@@ -10,13 +10,14 @@ import yaml
 from regtune.search.space import load_space
 from regtune.search.study import StudyOptions, run_study
 
+from ..helpers import NO_AUG
+
 BASE = {
     "model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 7,
     "data.downsample": 1, "data.val_subjects": 3, "data.val_pairs": 3, "data.test_subjects": 2,
     "train.epochs": 3, "train.steps_per_epoch": 40, "train.batch_size": 2, "loss.dice_weight": 1.0,
     "loss.ncc_window": 5,
-    # no augmentation: these tiny trials train a few dozen steps on the phantoms
-    "aug.rotate": 0.0, "aug.scale": 0.0, "aug.gamma": 0.0, "aug.noise": 0.0,
+    **NO_AUG,  # these tiny trials train a few dozen steps on the phantoms
 }
 
 
