@@ -71,7 +71,10 @@ def write_space(path: Path) -> Path:
         "base": {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "model.int_steps": 0,
                  "data.downsample": 2, "data.val_subjects": 3, "data.val_pairs": 2, "data.test_subjects": 2,
                  "train.epochs": EPOCHS, "train.steps_per_epoch": 60, "train.batch_size": 2, "train.grad_clip": 10.0,
-                 "loss.dice_weight": 0.0, **NO_AUG},
+                 "loss.dice_weight": 0.0, **NO_AUG,
+                 # the divergence guard off: a trial at lr 4e-3 can end `diverged_rising` on these tiny
+                 # phantoms (seen on a faster machine), and this test needs every trial to run to the end
+                 "train.rising_patience": EPOCHS + 1},
         "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 4e-3, "log": True}},
         "objective": {"metric": "val_loss", "mode": "min"},
         # grace = epochs: no early stopping here, every trial runs to the end (the kill lands mid-trial)
@@ -224,7 +227,8 @@ def test_study_on_multinode_cluster_survives_worker_node_and_driver_kills(cluste
     assert {r.data.tags["regtune.trial_id"] for r in orphans} <= {t.user_attrs.get("ray_trial_id") for t in fails}
     assert all(r.info.status == "KILLED" for r in orphans)
     assert finished_before <= {r.info.run_id for r in kept}  # finished before the crash: kept, not re-run
-    assert all(r.info.status == "FINISHED" and r.data.tags["regtune.status"] == "completed" for r in kept)
+    assert all(r.info.status == "FINISHED" and r.data.tags["regtune.status"] == "completed" for r in kept), \
+        [(r.data.tags.get("regtune.trial_id"), r.info.status, r.data.tags.get("regtune.status")) for r in kept]
     parents = [r for r in runs_all if r.data.tags.get("regtune.kind") == "study"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
