@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (imagesTr/, labelsTr/)")
         q.add_argument("--images", metavar="DIR", help="folder of images (instead of --data)")
         q.add_argument("--labels", metavar="DIR", help="folder of label maps matching --images by file name")
-        q.add_argument("--pairs", metavar="CSV", help="pair list with header 'fixed,moving' (default: the checkpoint's val pairs)")
+        q.add_argument("--pairs", metavar="CSV", help="pair list with header 'fixed,moving' (default: the checkpoint's reserved "
+                       "test pairs, else its validation pairs, labelled as not held out)")
         q.add_argument("--device", default="auto")
         q.add_argument("--quiet", action="store_true")
 

@@ -40,6 +40,26 @@ MODEL_FILES = ("best_config.yaml", "best.pt", "test_scores.json")
 CK_FILES = ("last.pt", "best.pt", "history.jsonl", "split.json")
 
 
+def epochs_for_minutes(minutes: float, search_epoch_s: float, search_steps: int, steps: int,
+                       at_least: int) -> tuple[int, str]:
+    """A promotion budget in minutes as whole epochs, and the sentence that says how.
+
+    The pace is the search trial's own (``search_epoch_s`` seconds per epoch of
+    ``search_steps`` steps), per step, so a ``promote.set`` that changes
+    ``train.steps_per_epoch`` changes the epoch length it is divided by. Not modelled: a
+    change of threads (``promote.cpu``) or of ``data.val_pairs``; the number of epochs is
+    fixed here so that ``best_config.yaml`` is a fixed number of steps.
+    """
+    if minutes <= 0 or search_epoch_s <= 0 or search_steps < 1 or steps < 1:
+        raise ValueError(f"epochs_for_minutes: minutes, seconds per epoch and steps must be > 0, got "
+                         f"{minutes}, {search_epoch_s}, {search_steps}, {steps}")
+    per = search_epoch_s / search_steps * steps
+    n = max(at_least, int(60.0 * minutes // per))
+    said = (f"{minutes:g} min at {search_epoch_s / search_steps:.3f} s/step (measured in the search) x {steps} "
+            f"steps/epoch -> {n} epochs")
+    return n, said
+
+
 def candidates(rows: list[dict], k: int) -> list[dict]:
     """The k best trials that may be promoted (a score, not diverged, not errored)."""
     ok = [r for r in rows if r.get("score") is not None and r["status"] not in DIVERGED_STATUSES + ("error", "cancelled")]
@@ -115,8 +135,10 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
             per = tracker.epoch_seconds.get(tid, 0.0) / max(1, r["epochs"]) if r["epochs"] else 0.0
             if per <= 0:
                 per = res.fit_seconds / max(1, sum(t["epochs"] for t in res.trials))
-            epochs[tid] = max(cfg.train.epochs, int(60.0 * p.minutes // max(per, 1e-6)))
-            notes.append(f"trial {tid}: {p.minutes:g} min at {per:.1f} s/epoch (measured in the search) -> {epochs[tid]} epochs")
+            searched = space.trial_config({k: v for k, v in r["params"].items() if not k.startswith("regtune.")})
+            epochs[tid], said = epochs_for_minutes(p.minutes, per, searched.train.steps_per_epoch,
+                                                   cfg.train.steps_per_epoch, cfg.train.epochs)
+            notes.append(f"trial {tid}: {said}")
         m = p.mode
         if m == "continue" and p.set:
             m = "retrain"
@@ -321,4 +343,4 @@ def study_config(runs_dir: str | Path, name: str, trial: str | None = None) -> P
     return out
 
 
-__all__ = ["promote_top", "write_study_model", "study_config", "candidates", "promotion_order", "MODEL_FILES"]
+__all__ = ["promote_top", "epochs_for_minutes", "write_study_model", "study_config", "candidates", "promotion_order", "MODEL_FILES"]
