@@ -127,7 +127,8 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
     params, epochs, mode, sources, notes = {}, {}, {}, {}, []
     for r in top:
         tid = r["trial_id"]
-        params[tid] = {**{k: v for k, v in r["params"].items() if not k.startswith("regtune.")}, **dict(p.set)}
+        sampled = {k: v for k, v in r["params"].items() if not k.startswith("regtune.")}
+        params[tid] = {**sampled, **dict(p.set)}
         cfg = space.trial_config(params[tid])
         if p.epochs:
             epochs[tid] = int(p.epochs)
@@ -135,8 +136,7 @@ def promote_top(opts, space, res, tracker, trainable_args: dict[str, Any]) -> li
             per = tracker.epoch_seconds.get(tid, 0.0) / max(1, r["epochs"]) if r["epochs"] else 0.0
             if per <= 0:
                 per = res.fit_seconds / max(1, sum(t["epochs"] for t in res.trials))
-            searched = space.trial_config({k: v for k, v in r["params"].items() if not k.startswith("regtune.")})
-            epochs[tid], said = epochs_for_minutes(p.minutes, per, searched.train.steps_per_epoch,
+            epochs[tid], said = epochs_for_minutes(p.minutes, per, space.trial_config(sampled).train.steps_per_epoch,
                                                    cfg.train.steps_per_epoch, cfg.train.epochs)
             notes.append(f"trial {tid}: {said}")
         m = p.mode
