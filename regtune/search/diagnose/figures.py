@@ -147,12 +147,14 @@ def optuna_plots(d: Diagnosis, out: Path) -> list[Path]:
             study, evaluator=FanovaImportanceEvaluator(seed=d.space.seed), target=target, target_name=name)))
     for fname, make in jobs:
         try:
+            # Optuna's experimental-API warnings, and tight_layout's about the slice plot's
+            # colour-bar axes, say nothing a reader of the report can act on
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = make()
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-            fig.set_size_inches(max(6.0, fig.get_size_inches()[0]), 4.0)
-            made.append(_save(plt, fig, out / fname))
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+                fig.set_size_inches(max(6.0, fig.get_size_inches()[0]), 4.0)
+                made.append(_save(plt, fig, out / fname))
         except Exception:  # noqa: BLE001 - a plot Optuna cannot draw for this study is left out
             plt.close("all")
     return made
