@@ -17,6 +17,7 @@ from .data.dataset import Volumes
 from .data.pairs import Pair
 from .metrics import score_pair
 from .model import RegNet, compose, outside_fraction, predict_field, warp
+from .progress import progress as progress_bar
 
 METRIC_KEYS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
@@ -90,10 +91,7 @@ def evaluate_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
     called per pair when given (``regtune register`` writes files there).
     """
     rows: list[dict] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pairs), desc="evaluating", unit="pair", leave=False)
+    bar = progress_bar(progress, len(pairs), "evaluating", "pair")
     for chunk, disp, warped, wlab in register_pairs(model, vols, pairs, downsample, device, batch_size, channels_last):
         outside = outside_fraction(disp)
         for b, (f, m) in enumerate(chunk):

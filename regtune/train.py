@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from .data.pairs import Pair, Split, sample_pairs, split_subjects
 from .evaluate import evaluate_pairs, summarise
 from .model import RegNet
 from .objective import Objective
+from .progress import progress as progress_bar
 from .trainer import Trainer
 
 VAL_KEYS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_warped_intensity", "val_moving_intensity",
@@ -181,17 +183,6 @@ def write_split(path: Path, vols: Volumes, split: Split, val_pairs: list[Pair], 
                                 "test_pairs": [[names[f], names[m]] for f, m in test_pairs]}, indent=1))
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):
-    """A tqdm bar on an interactive terminal only: in a log file one line per step is noise."""
-    import sys
-
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
-
-
 def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device | str = "cpu",
           on_epoch: Callable[[EpochResult], None] | None = None, resume: str | Path | None = None,
           progress: bool = True, split: Split | None = None,
@@ -254,7 +245,9 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         te = time.monotonic()
         budget_hit = False
         n_steps = 0
-        bar = _progress_bar(progress, t.steps_per_epoch, f"epoch {epoch}/{t.epochs}" if t.epochs else f"epoch {epoch}")
+        # a step bar on a terminal only: in a log the epoch lines already say it
+        bar = progress_bar(progress and sys.stderr.isatty(), t.steps_per_epoch,
+                           f"epoch {epoch}/{t.epochs}" if t.epochs else f"epoch {epoch}", "step")
         for _ in range(t.steps_per_epoch):
             out_step = trainer.step()
             n_steps += 1

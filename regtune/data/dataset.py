@@ -25,6 +25,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..progress import progress as progress_bar
 from .nifti import list_nifti, read_volume, stem
 
 
@@ -233,11 +234,8 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
     notes: list[str] = []
     names, imgs, labs, has_lab, p99 = [], [], [], [], {}
     ref_shape = ref_aff = ref_spacing = None
-    it: Iterable = files
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(files, desc=f"loading {desc}", unit="vol", leave=False)
-    for ipath, lpath in it:
+    bar = progress_bar(progress, len(files), f"loading {desc}", "vol")
+    for ipath, lpath in files:
         ipath = Path(ipath)
         img, aff, spacing, p99[stem(ipath)] = _load_image(ipath, cfg)
         if ref_shape is None:
@@ -269,6 +267,10 @@ def load_files(files: list[tuple[Path, Path | None]], cfg: DataConfig, progress:
         imgs.append(img)
         labs.append(lab)
         has_lab.append(lpath is not None)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"duplicate subject name '{dup}' among the images; names must be unique")

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from ..model.transform import warp
 from .nifti import write_volume
+from ..progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,8 @@ def write_dataset(out: str | Path, spec: SynthSpec = SynthSpec(), progress: bool
     out = Path(out)
     rng = np.random.default_rng(spec.seed)
     tmpl_img, tmpl_lab = _template(spec.size, rng, spec.texture_sigma)
-    it = range(spec.n_subjects)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc="synthesising", unit="subject", leave=False)
-    for i in it:
+    bar = progress_bar(progress, spec.n_subjects, "synthesising", "subject")
+    for i in range(spec.n_subjects):
         name = f"synth_{i + 1:03d}.nii.gz"
         v = random_field(spec.size, spec.amplitude, rng)
         img = apply_field(tmpl_img, v)
@@ -118,6 +116,10 @@ def write_dataset(out: str | Path, spec: SynthSpec = SynthSpec(), progress: bool
         write_volume(out / "imagesTr" / name, img)
         write_volume(out / "labelsTr" / name, lab)
         write_volume(out / "fields" / name, np.moveaxis(v, 0, -1))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     (out / "synth.json").write_text(json.dumps(asdict(spec), indent=2))
     return out
 
