@@ -1,6 +1,7 @@
 """Progress output: a bar on a terminal, plain lines at most once per interval in a log, nothing when disabled."""
 import io
 
+import pytest
 from tqdm import tqdm
 
 from regtune.config import DataConfig
@@ -17,24 +18,17 @@ def test_disabled_is_none():
     assert progress(False, 10, "x", "step") is None
 
 
-def test_log_stream_gets_lines_not_carriage_returns():
+@pytest.mark.parametrize("interval, n_lines", [(0.0, 5), (3600.0, 0)])
+def test_log_stream_gets_plain_lines_at_most_once_per_interval(interval, n_lines):
     log = io.StringIO()
-    p = progress(True, 5, "evaluating", "pair", interval=0.0, stream=log)
+    p = progress(True, 5, "evaluating", "pair", interval=interval, stream=log)
     for _ in range(5):
         p.update(1)
     p.close()
     lines = log.getvalue().splitlines()
-    assert "\r" not in log.getvalue()
-    assert len(lines) == 5 and lines[-1].startswith("evaluating: 5/5 pairs, ")
-
-
-def test_log_stream_is_quiet_within_the_interval():
-    log = io.StringIO()
-    p = progress(True, 3, "loading", "vol", interval=3600.0, stream=log)
-    for _ in range(3):
-        p.update(1)
-    p.close()
-    assert log.getvalue() == ""
+    assert "\r" not in log.getvalue() and len(lines) == n_lines
+    if n_lines:
+        assert lines[-1].startswith("evaluating: 5/5 pairs, ")
 
 
 def test_terminal_gets_a_tqdm_bar():
