@@ -13,7 +13,7 @@ from .errors import ConfigError
 SIMILARITIES = ("ncc", "mse", "mi")
 REGULARISERS = ("diffusion", "bending")
 PAIR_MODES = ("random", "all")
-SCHEDULES = ("constant", "cosine", "onecycle")
+SCHEDULES = ("constant", "cosine", "onecycle", "wsd")
 BEST_METRICS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_loss")
 
 
@@ -165,8 +165,11 @@ class TrainConfig:
         of (steps done / epochs x steps_per_epoch) and (time spent / max_minutes), so a
         wall-clock budget anneals to its end: ``constant``; ``cosine`` (linear warm-up over
         ``warmup`` of the run, then cosine to 0); ``onecycle`` (from lr/25 up to lr over
-        ``warmup``, then cosine down to lr/1e4).
-    warmup: fraction of the run spent warming up (cosine, onecycle).
+        ``warmup``, then cosine down to lr/1e4); ``wsd`` (warm-up, stable, decay: linear
+        warm-up over ``warmup``, the full rate, then linear decay to 0 over the last
+        ``decay`` of the run -- constant-rate progress until the end, then an anneal).
+    warmup: fraction of the run spent warming up (cosine, onecycle, wsd; 0 = none).
+    decay: fraction of the run spent decaying to 0 at its end (wsd only).
     compile: ``torch.compile`` the U-Net (pays on GPUs and for long runs; the first step
         compiles, ~20-40 s on a CPU).
     symmetric: register every pair in both directions per step: the loss is averaged over
@@ -207,6 +210,7 @@ class TrainConfig:
     threads: int = 0
     schedule: str = "constant"
     warmup: float = 0.05
+    decay: float = 0.2
     symmetric: bool = False
     compile: bool = False
     best_metric: str = "val_dice"
@@ -232,6 +236,9 @@ class TrainConfig:
         _check(self.threads >= 0, "train.threads", f"must be >= 0 (0 = torch default), got {self.threads}")
         _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         _check(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
+        _check(0 < self.decay <= 1, "train.decay", f"must be in (0, 1], got {self.decay}")
+        _check(self.schedule != "wsd" or self.warmup + self.decay <= 1, "train.decay",
+               f"wsd needs train.warmup + train.decay <= 1, got {self.warmup} + {self.decay}")
         _check(self.best_metric in BEST_METRICS, "train.best_metric", f"must be one of {BEST_METRICS}, got {self.best_metric!r}")
         _check(self.best_mode in ("max", "min"), "train.best_mode", f"must be max or min, got {self.best_mode!r}")
         _check(math.isfinite(self.best_folding_limit_pct) and self.best_folding_limit_pct >= 0, "train.best_folding_limit_pct",

@@ -25,6 +25,10 @@ def lr_factor(t: TrainConfig, p: float) -> float:
     if t.schedule == "constant":
         return 1.0
     w = t.warmup
+    if t.schedule == "wsd":
+        if p < w:
+            return max(p / w, 1e-3)
+        return 1.0 if p <= 1.0 - t.decay else max(0.0, (1.0 - p) / t.decay)
     if t.schedule == "cosine":
         if p < w:
             return max(p / w, 1e-3)

@@ -134,10 +134,18 @@ def test_schedules_fit_steps_and_wall_clock():
     assert lr_factor(one, 0.0) == pytest.approx(1 / 25) and lr_factor(one, 0.3) == pytest.approx(1.0)
     assert lr_factor(one, 1.0) == pytest.approx(1e-4)
     assert lr_factor(Config().train, 0.7) == 1.0
+    wsd = Config().with_values({"train.schedule": "wsd", "train.warmup": 0.0, "train.decay": 0.2}).train
+    assert [lr_factor(wsd, p) for p in (0.0, 0.5, 0.8)] == [1.0, 1.0, 1.0]  # the constant rate until the decay
+    assert lr_factor(wsd, 0.9) == pytest.approx(0.5) and lr_factor(wsd, 1.0) == 0.0
+    warm = Config().with_values({"train.schedule": "wsd", "train.warmup": 0.1, "train.decay": 0.5}).train
+    assert lr_factor(warm, 0.05) == pytest.approx(0.5) and lr_factor(warm, 0.75) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="train.decay"):
+        Config().with_values({"train.schedule": "wsd", "train.warmup": 0.5, "train.decay": 0.6})
 
 
-def test_cosine_schedule_reaches_zero_at_the_last_step(vols, tmp_path):
-    cfg = tiny(**{"train.schedule": "cosine", "train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 0.0})
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_annealing_schedules_reach_zero_at_the_last_step(vols, tmp_path, schedule):
+    cfg = tiny(**{"train.schedule": schedule, "train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 0.0})
     res = train(cfg, vols, tmp_path, progress=False, split=SPLIT)
     lrs = [h["lr"] for h in res.history]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and res.steps == 6
