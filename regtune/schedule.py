@@ -25,13 +25,11 @@ def lr_factor(t: TrainConfig, p: float) -> float:
     if t.schedule == "constant":
         return 1.0
     w = t.warmup
+    if t.schedule in ("cosine", "wsd") and p < w:  # both warm up linearly
+        return max(p / w, 1e-3)
     if t.schedule == "wsd":
-        if p < w:
-            return max(p / w, 1e-3)
         return 1.0 if p <= 1.0 - t.decay else max(0.0, (1.0 - p) / t.decay)
     if t.schedule == "cosine":
-        if p < w:
-            return max(p / w, 1e-3)
         return 0.5 * (1.0 + math.cos(math.pi * (p - w) / (1.0 - w)))
     # onecycle: lr/25 -> lr over the warm-up (cosine), then cosine down to lr/1e4
     start, end = 1.0 / 25.0, 1e-4
