@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from regtune.config import DataConfig
 from regtune.data import PairSampler, all_pairs, load_folder, read_pairs_csv, sample_pairs, split_subjects, write_pairs_csv

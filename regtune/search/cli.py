@@ -245,7 +245,7 @@ def _serve(cmd: list[str]) -> int:
 def config_from_study(args: argparse.Namespace) -> str:
     """``regtune train --from-study NAME [--trial ID]``: the config file to train from."""
     from ..errors import ConfigError
-    from .promote import study_config
+    from .study_model import study_config
 
     if args.trial and not args.from_study:
         raise ConfigError("--trial ID needs --from-study NAME")

@@ -252,7 +252,8 @@ def run_study(opts: StudyOptions) -> StudyResult:
                           interrupted=tracker.interrupted, study_dir=str(study_dir))
         res._search_trials = tracker.trials_seen
         if not res.interrupted and not res.all_errored:
-            from .promote import promote_top, write_study_model
+            from .promote import promote_top
+            from .study_model import write_study_model
 
             if opts.promote:
                 res.promoted = promote_top(opts, space, res, tracker,

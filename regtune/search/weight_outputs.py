@@ -17,6 +17,7 @@ import torch
 
 from ..amortise import describe
 from ..data.dataset import Volumes
+from ..data.pairs import Pair
 from .weight_search import SearchResult
 
 
