@@ -52,7 +52,8 @@ def test_diagnose_classifies_planted_trials_and_names_lr(planted):
     d, client = diagnose(res.tracking_uri, "planted")
     by = {(round(t.params["train.lr"], 6), round(t.params["loss.reg_weight"], 6)): t for t in d.trials}
     assert by[(0.5, 0.1)].cls in DIVERGED and by[(0.2, 1.0)].cls in DIVERGED
-    from regtune.search.diagnose.analysis import NO_MOTION, no_motion_cause
+    from regtune.search.diagnose.rules import no_motion_cause
+    from regtune.search.diagnose.trials import NO_MOTION
 
     assert by[(0.003, 10000.0)].cls == NO_MOTION, by[(0.003, 10000.0)]
     assert by[(0.003, 0.1)].cls == "converged"
@@ -112,7 +113,7 @@ def test_evaluate_top_scores_the_test_split_and_reproduces_val_dice(planted, tmp
 
 
 def test_too_short_is_told_apart_from_no_motion():
-    from regtune.search.diagnose.analysis import NO_MOTION, TOO_SHORT, TrialInfo, classify
+    from regtune.search.diagnose.trials import NO_MOTION, TOO_SHORT, TrialInfo, classify
 
     def trial(curve):
         t = TrialInfo("t", "r", {}, "completed", "", {"best_val_dice": max(curve), "best_val_folding_pct": 0.0})
@@ -135,7 +136,9 @@ def test_too_short_is_told_apart_from_no_motion():
 def test_folding_trials_get_their_rule_in_the_findings():
     """Trials that moved only by folding are named with the parameter that sets them apart
     (on the real-data study: plain displacement, model.int_steps 0)."""
-    from regtune.search.diagnose.analysis import Diagnosis, TrialInfo, separators
+    from regtune.search.diagnose.analysis import Diagnosis
+    from regtune.search.diagnose.rules import separators
+    from regtune.search.diagnose.trials import TrialInfo
     from regtune.search.diagnose.report import explain
     from regtune.search.space import parse_space
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import COLOURS, DIVERGED, Diagnosis, TrialInfo
+from .analysis import Diagnosis
+from .trials import COLOURS, DIVERGED, TrialInfo
 
 def _plt():
     import matplotlib

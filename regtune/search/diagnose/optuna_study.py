@@ -69,7 +69,7 @@ def rebuilt_study(space: SearchSpace, trials: list):
 
     from ...objective import DIVERGED_SCORE
 
-    from .analysis import DIVERGED
+    from .trials import DIVERGED
 
     dists = _distributions(space)
     study = optuna.create_study(direction="maximize")

@@ -12,7 +12,9 @@ import yaml
 
 from ..amortised import report_figures as amortised_figures
 from ..outcome import rank_key
-from .analysis import COLOURS, DIVERGED, NO_MOTION, TOO_SHORT, Diagnosis, no_motion_cause
+from .analysis import Diagnosis
+from .rules import no_motion_cause
+from .trials import COLOURS, DIVERGED, NO_MOTION, TOO_SHORT
 from .figures import optuna_plots, plot_curves, plot_importances, plot_parallel, plot_scatter
 
 
@@ -99,7 +101,7 @@ def explain(d: Diagnosis) -> list[str]:
 
 
 def _improving(t) -> bool:
-    from .analysis import still_improving
+    from .trials import still_improving
 
     return still_improving(t)
 
