@@ -22,7 +22,7 @@ from ...errors import RegtuneError
 from ..space import SearchSpace, parse_space
 from .optuna_study import FANOVA, importances, load_optuna
 from .rules import next_space, no_motion_causes, safe_ranges, separators
-from .trials import DIVERGED, NO_MOTION, TrialInfo, classify, load_trials, noreg_dice
+from .trials import DIVERGED, NO_MOTION, TrialInfo, classify, load_trials, study_noreg_dice
 
 
 @dataclass
@@ -89,7 +89,7 @@ def diagnose(tracking_uri: str, name: str, space_text: str | None = None,
 
     space = dataclasses.replace(space, name=name)  # a study started with --name keeps its own name
     parent, trials = load_trials(client, space, exp.experiment_id)
-    noreg = noreg_dice(trials)
+    noreg = study_noreg_dice(trials)
     for t in trials:
         t.cls = classify(t, noreg, space.objective.folding_limit_pct)
     storage = optuna_storage or runs[0].data.params.get("optuna_storage")

@@ -120,7 +120,7 @@ def load_trials(client, space: SearchSpace, experiment_id: str) -> tuple[str, li
     return parent.info.run_id, sorted(out, key=lambda t: t.trial_id)
 
 
-def noreg_dice(trials: list[TrialInfo]) -> float:
+def study_noreg_dice(trials: list[TrialInfo]) -> float:
     """The study's no-registration val Dice (the level a trial that does not move scores)."""
     vals = [v for t in trials for _, v in t.history.get("val_dice_noreg", [])[:1] if math.isfinite(v)]
     if vals:
