@@ -32,7 +32,7 @@ from pathlib import Path
 
 COLUMNS = (("dice", "Dice", 3), ("dice30", "Dice30", 3), ("hd95", "HD95", 2), ("sdlogj", "SDlogJ", 3),
            ("sdlogj_l2r", "SDlogJ (L2R, +3)", 3), ("folding_pct", "% folding", 3), ("ic_error", "IC error (vox)", 2),
-           ("self_disp", "self-reg. |u| (vox)", 2))
+           ("self_disp", "self-reg. |u| (vox)", 2), ("self_dice", "self-reg. Dice", 3))
 
 
 LOCK = "/tmp/regtune-cpu.lock"  # timed measurements take turns on this machine's CPU

@@ -111,14 +111,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(pairs)} pairs: {what}  ({out / 'pairs.csv'})")
     print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else ""))
     print(f"{'':16s} {'Dice':>6s} {'±':>6s} {'Dice30':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'L2R-SD':>6s} {'fold %':>7s} "
-          f"{'IC err':>6s} {'self':>6s} {'black':>5s}")
+          f"{'IC err':>6s} {'self':>6s} {'selfD':>6s} {'black':>5s}")
     for name, x in (("no registration", b), ("regtune", s)):
         black = "yes" if x["warped_intensity"] < 0.5 * x["moving_intensity"] else "no"
         print(f"{name:16s} {_fmt(x['dice']):>6s} {_fmt(x['dice_std']):>6s} {_fmt(x['dice30']):>6s} {_fmt(x['hd95'], 2):>6s} "
               f"{_fmt(x['sdlogj']):>6s} {_fmt(x['sdlogj_l2r']):>6s} {_fmt(x['folding_pct'], 3):>7s} "
-              f"{_fmt(x.get('ic_error', 0.0), 2):>6s} {_fmt(x.get('self_disp', 0.0), 2):>6s} {black:>5s}")
+              f"{_fmt(x.get('ic_error', 0.0), 2):>6s} {_fmt(x.get('self_disp', 0.0), 2):>6s} "
+              f"{_fmt(x.get('self_dice', 1.0)):>6s} {black:>5s}")
     print("SDlogJ = std(log det J); L2R-SD = the organisers' std(log(det J + 3)); IC err = mean |u_fm + u_mf o (id + u_fm)| "
-          "(voxels, the pair registered both ways); self = mean |u| on the labels when an image is registered to itself")
+          "(voxels, the pair registered both ways); self = mean |u| on the labels when an image is registered to itself, "
+          "selfD = the Dice of that self-registration (1 = the labels stay put)")
     for lab in vols.label_values:
         print(f"  label {lab}: Dice {_fmt(b[f'dice_{lab}'])} -> {_fmt(s[f'dice_{lab}'])}, "
               f"HD95 {_fmt(b[f'hd95_{lab}'], 2)} -> {_fmt(s[f'hd95_{lab}'], 2)}")

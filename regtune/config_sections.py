@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 SIMILARITIES = ("ncc", "mse", "mi")
 REGULARISERS = ("diffusion", "bending")
+LABEL_LOSSES = ("dice", "sqerr")
 PAIR_MODES = ("random", "all")
 SCHEDULES = ("constant", "cosine", "onecycle", "wsd")
 BEST_METRICS = ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct", "val_loss")
@@ -124,6 +125,10 @@ class LossConfig:
         downsampled grid (``data.downsample`` > 1): the field is upsampled as evaluation
         does and warps the full-resolution label maps, so the loss sees the boundaries the
         score is computed on (costs a full-resolution label warp per pair).
+    label_loss: the form of the label term weighted by ``dice_weight``: ``dice`` (soft
+        Dice) or ``sqerr`` (squared error of the warped label maps over twice the fixed
+        label volume: 1 - Dice for hard maps of equal volume, and a proper score for the
+        soft maps training uses, so magnifying the moving labels does not pay).
     ic_weight: penalty on |u_fwd(x) + u_bwd(x + u_fwd(x))|^2, the composition of the
         forward and backward fields (backward = exp(-v) for a diffeomorphic model, else the
         network's own field for the swapped pair, an extra pass); 0 = off.
@@ -138,12 +143,14 @@ class LossConfig:
     reg_weight: float = 1.0
     dice_weight: float = 3.0
     dice_full_res: bool = False
+    label_loss: str = "dice"
     jacobian_weight: float = 0.0
     ic_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.similarity in SIMILARITIES, "loss.similarity", f"must be one of {SIMILARITIES}, got {self.similarity!r}")
         _check(self.regulariser in REGULARISERS, "loss.regulariser", f"must be one of {REGULARISERS}, got {self.regulariser!r}")
+        _check(self.label_loss in LABEL_LOSSES, "loss.label_loss", f"must be one of {LABEL_LOSSES}, got {self.label_loss!r}")
         _check(self.ncc_window >= 3 and self.ncc_window % 2 == 1, "loss.ncc_window", f"must be an odd int >= 3, got {self.ncc_window}")
         _check(math.isfinite(self.ncc_eps) and self.ncc_eps > 0, "loss.ncc_eps", f"must be a finite number > 0, got {self.ncc_eps}")
         _check(4 <= self.mi_bins <= 256, "loss.mi_bins", f"must be in [4, 256], got {self.mi_bins}")

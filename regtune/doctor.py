@@ -18,7 +18,7 @@ import torch
 
 from .config import Config
 from .data.dataset import Volumes
-from .losses import regulariser, similarity, soft_dice_loss
+from .losses import label_loss, regulariser, similarity
 from .model import RegNet, downsample_image, outside_fraction, warp
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -144,7 +144,7 @@ def check_gradients(cfg: Config, vols: Volumes, pair: tuple[int, int]) -> Check:
     terms = {"similarity": lambda d: cfg.loss.sim_weight * similarity(cfg.loss, f, warp(m, d)),
              "regulariser": lambda d: cfg.loss.reg_weight * regulariser(cfg.loss, d)}
     if cfg.loss.dice_weight > 0:
-        terms["dice"] = lambda d: cfg.loss.dice_weight * soft_dice_loss(fo, warp(mo, d))
+        terms["dice"] = lambda d: cfg.loss.dice_weight * label_loss(cfg.loss, fo, warp(mo, d))
     for name, fn in terms.items():
         net.zero_grad()
         loss = fn(net(m, f))

@@ -15,7 +15,7 @@ import torch
 
 from .data.dataset import Volumes
 from .data.pairs import Pair
-from .metrics import score_pair
+from .metrics import nanmean, dice_per_label, score_pair
 from .model import RegNet, compose, outside_fraction, predict_field, warp
 from .progress import progress as progress_bar
 
@@ -59,7 +59,10 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
       pair and u_mf the swapped pair (fixed and moving exchanged): forward then backward
       should land where it started;
     - ``self_disp``: mean |u(x)| in voxels over the fixed image's labelled voxels when the
-      fixed image is registered to itself (should be ~0).
+      fixed image is registered to itself (should be ~0);
+    - ``self_dice``: Dice of the fixed labels warped by that self-registration field against
+      themselves (should be 1; a network that pulls every structure towards a population
+      mean shape scores well below 1 here while scoring well on pairs).
     """
     out = []
     for chunk in _batches(pairs, batch_size):
@@ -70,10 +73,13 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
         u_ff = predict_field(model, fixed, fixed, downsample, channels_last=channels_last).float()
         ic = compose(u_fm, u_mf).norm(dim=1).flatten(1).mean(1).cpu()
         self_mag = u_ff.norm(dim=1).cpu()
+        flab = vols.labels[torch.tensor([p[0] for p in chunk])]
+        wself = warp(flab.unsqueeze(1).to(device).float(), u_ff, mode="nearest")[:, 0].round().to(torch.uint8).cpu()
         for b, (f, _) in enumerate(chunk):
             lab = vols.labels[f] > 0
             sd = float(self_mag[b][lab].mean()) if bool(lab.any()) else float(self_mag[b].mean())
-            out.append({"ic_error": float(ic[b]), "self_disp": sd})
+            dl = dice_per_label(flab[b].numpy(), wself[b].numpy(), vols.label_values)
+            out.append({"ic_error": float(ic[b]), "self_disp": sd, "self_dice": nanmean(dl.values())})
     return out
 
 
@@ -110,7 +116,7 @@ def evaluate_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
         bar.close()
     if with_consistency:
         extra = consistency(model, vols, pairs, downsample, device, batch_size, channels_last) if model is not None \
-            else [{"ic_error": 0.0, "self_disp": 0.0}] * len(rows)
+            else [{"ic_error": 0.0, "self_disp": 0.0, "self_dice": 1.0}] * len(rows)
         for r, e in zip(rows, extra):
             r.update(e)
     return rows

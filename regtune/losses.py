@@ -177,6 +177,37 @@ def soft_dice_loss(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask
     return (per_pair * m).sum() / m.sum().clamp_min(1.0)
 
 
+def label_sq_error(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask: torch.Tensor | None = None,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Squared error of warped label maps, per label sum (p - q)^2 / (2 sum q), averaged
+    over labels: for hard maps of equal volume exactly 1 - Dice, but a *proper* score for
+    soft maps, lowest when the warped map equals the fixed one.
+
+    Soft Dice is not: against a soft (average-pooled) fixed map q it is maximised by a
+    sharper map than q, so a network can lower it by magnifying the moving labels (a
+    local compression of the field) instead of aligning them: that shows as self-
+    registration moving the labels and as extreme Jacobians near them. The denominator
+    depends on the fixed labels only, so it rewards no change of the warped volume.
+    ``mask`` as in :func:`soft_dice_loss`."""
+    dims = tuple(range(2, fixed_onehot.ndim))
+    fo, wo = fixed_onehot.float(), warped_onehot.float()
+    err = (wo - fo).pow(2).sum(dims) / (2 * fo.sum(dims) + 1e-5)  # (B, K)
+    per_pair = err.mean(1)
+    if mask is None:
+        return _reduce(per_pair, reduction)
+    m = mask.float()
+    if reduction == "none":
+        return per_pair * m
+    return (per_pair * m).sum() / m.sum().clamp_min(1.0)
+
+
+def label_loss(cfg: LossConfig, fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor,
+               mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """The label term ``loss.label_loss`` chooses: ``dice`` (soft Dice) or ``sqerr``."""
+    fn = label_sq_error if cfg.label_loss == "sqerr" else soft_dice_loss
+    return fn(fixed_onehot, warped_onehot, mask, reduction)
+
+
 TERMS = ("sim", "reg", "dice", "jac", "ic")  # loss-term names (history keys loss_<name>)
 WEIGHT_KEYS = {"sim": "sim_weight", "reg": "reg_weight", "dice": "dice_weight", "jac": "jacobian_weight", "ic": "ic_weight"}
 
@@ -230,7 +261,7 @@ def loss_terms(cfg: LossConfig, fixed: torch.Tensor, warped: torch.Tensor, disp:
     disp = disp.float()
     out = {"sim": similarity(cfg, fixed, warped, "none"), "reg": regulariser(cfg, disp, "none")}
     use_dice = cfg.dice_weight > 0 and fixed_onehot is not None and warped_onehot is not None
-    out["dice"] = soft_dice_loss(fixed_onehot, warped_onehot, label_mask, "none") if use_dice else zero
+    out["dice"] = label_loss(cfg, fixed_onehot, warped_onehot, label_mask, "none") if use_dice else zero
     out["jac"] = negative_jacobian(disp, "none") if cfg.jacobian_weight > 0 else zero
     out["ic"] = inverse_consistency(disp, backward.float(), "none") if cfg.ic_weight > 0 and backward is not None else zero
     return out

@@ -213,7 +213,7 @@ class PairScore:
         return r
 
 
-def _nanmean(vals) -> float:
+def nanmean(vals) -> float:
     v = [x for x in vals if not math.isnan(x)]
     return float(np.mean(v)) if v else math.nan
 
@@ -228,4 +228,4 @@ def score_pair(fixed_lab: np.ndarray, warped_lab: np.ndarray, disp: np.ndarray |
     dpl = dice_per_label(fixed_lab, warped_lab, labels, moving_lab)
     hpl = hd95_per_label(fixed_lab, warped_lab, labels, spacing, moving_lab) if with_hd95 else {k: math.nan for k in labels}
     sdlogj, fold, l2r = jacobian_stats(disp) if disp is not None else (0.0, 0.0, 0.0)
-    return PairScore(_nanmean(dpl.values()), _nanmean(hpl.values()), sdlogj, fold, dpl, hpl, l2r)
+    return PairScore(nanmean(dpl.values()), nanmean(hpl.values()), sdlogj, fold, dpl, hpl, l2r)

@@ -37,7 +37,7 @@ def test_evaluate_prints_table_against_no_registration(trained, synth_dir, capsy
     rows = list(csv.DictReader((tmp_path / "pairs.csv").open()))
     split = json.loads((trained.parent / "split.json").read_text())
     assert len(rows) == 2 and {(r["fixed"], r["moving"]) for r in rows} <= {tuple(p) for p in split["test_pairs"]}
-    assert {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "noreg_dice", "ic_error", "self_disp"} <= set(rows[0])
+    assert {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "noreg_dice", "ic_error", "self_disp", "self_dice"} <= set(rows[0])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert 0 <= summary["registered"]["dice"] <= 1 and summary["pairs_are"].startswith("the checkpoint's test pairs: held out")
     # a pair list with training subjects is labelled as not held out

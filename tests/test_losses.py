@@ -57,6 +57,29 @@ def test_dice_loss_and_total():
     assert set(t.items()) == {"loss", "loss_sim", "loss_reg", "loss_dice", "loss_jac", "loss_ic"}
 
 
+def test_label_squared_error_is_one_minus_dice_on_hard_maps_and_proper_on_soft_ones():
+    from regtune.losses import label_loss, label_sq_error
+
+    a = torch.zeros(2, 2, 6, 6, 6)
+    a[:, 0, :3] = 1
+    a[:, 1, 3:] = 1
+    b = torch.roll(a, 1, dims=2)  # the same volumes, shifted: overlaps partly
+    assert float(label_sq_error(a, b)) == pytest.approx(float(soft_dice_loss(a, b)), rel=1e-5)
+    assert float(label_sq_error(a, a)) == 0.0
+    assert float(label_sq_error(a, b, mask=torch.tensor([False, False]))) == 0.0
+    # a soft fixed map (an average-pooled boundary): the map itself against a sharpened one
+    q = torch.zeros(1, 1, 1, 1, 9)
+    q[..., 2:7] = torch.tensor([0.5, 1.0, 1.0, 1.0, 0.5])
+    sharp = torch.zeros_like(q)
+    sharp[..., 2:7] = 1.0  # what magnifying the moving labels does to the warped map
+    assert float(soft_dice_loss(q, sharp)) < float(soft_dice_loss(q, q))  # soft Dice rewards the magnification
+    assert float(label_sq_error(q, q)) == 0.0 < float(label_sq_error(q, sharp))  # the squared error does not
+    assert float(label_loss(LossConfig(label_loss="sqerr"), q, sharp)) == float(label_sq_error(q, sharp))
+    assert float(label_loss(LossConfig(), q, sharp)) == float(soft_dice_loss(q, sharp))
+    with pytest.raises(Exception, match="loss.label_loss"):
+        LossConfig(label_loss="ce")
+
+
 def test_box_mean_matches_avg_pool():
     import torch.nn.functional as F
 
