@@ -130,8 +130,9 @@ class LossConfig:
         label volume: 1 - Dice for hard maps of equal volume, and a proper score for the
         soft maps training uses, so magnifying the moving labels does not pay).
     ic_weight: penalty on |u_fwd(x) + u_bwd(x + u_fwd(x))|^2, the composition of the
-        forward and backward fields (backward = exp(-v) for a diffeomorphic model, else the
-        network's own field for the swapped pair, an extra pass); 0 = off.
+        forward field with the network's own field for the swapped pair (an extra pass over
+        the swapped pairs, batched with the first; a ``model.symmetric`` network needs none,
+        its swapped field is exp(-v) and the penalty sees only integration error); 0 = off.
     """
 
     similarity: str = "ncc"
@@ -181,7 +182,8 @@ class TrainConfig:
         compiles, ~20-40 s on a CPU).
     symmetric: register every pair in both directions per step: the loss is averaged over
         moving->fixed and fixed->moving (backward = exp(-v) for a diffeomorphic model, no
-        extra U-Net pass; else the network runs on the swapped pair too).
+        extra U-Net pass; else, or with ``loss.ic_weight`` on a non-symmetric network, the
+        network's own field for the swapped pair).
     grad_clip: max global gradient norm (0 = off).
     amp: bf16 autocast of the training step's convolutions: ``true``, ``false`` or ``auto``
         (on for CUDA and for CPUs with native bf16 units, AVX512-BF16 or AMX, where a step

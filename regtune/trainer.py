@@ -160,9 +160,13 @@ class Trainer:
                 fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
                 moving = moving.contiguous(memory_format=torch.channels_last_3d)
         need_bwd = cfg.train.symmetric or cfg.loss.ic_weight > 0
-        if cfg.model.int_steps > 0:
-            fwd, bwd = self.model.fields(moving, fixed, backward=need_bwd, cond=cond)
-        elif need_bwd:  # plain displacement: the backward field is the network's own for the swapped pair
+        # the inverse-consistency penalty compares the field with the network's own field for the
+        # swapped pair; exp(-v) is that field only for a symmetric network (else the penalty
+        # would see nothing but the integration error of exp(v) o exp(-v))
+        swapped = cfg.loss.ic_weight > 0 and not cfg.model.symmetric
+        if cfg.model.int_steps > 0 and not swapped:
+            fwd, bwd = self.model.fields(moving, fixed, backward=need_bwd, cond=cond)  # bwd = exp(-v), the exact inverse
+        elif need_bwd:  # the backward field is the network's own for the swapped pair: one pass over both orders
             b = fixed.shape[0]
             both = self.model(torch.cat([moving, fixed]), torch.cat([fixed, moving]), cond=cond)
             fwd, bwd = both[:b], both[b:]

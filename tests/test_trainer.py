@@ -9,7 +9,7 @@ from regtune.config import Config
 from regtune.data import load_folder
 from regtune.errors import ConfigError
 from regtune.data.pairs import Split
-from regtune.losses import combine, loss_terms
+from regtune.losses import combine, inverse_consistency, loss_terms
 from regtune.model import warp
 from regtune.schedule import lr_factor, progress
 from regtune.train import StopTraining, train
@@ -99,16 +99,21 @@ def test_full_resolution_dice_warps_the_full_labels_with_the_upsampled_field(vol
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
 
 
-def test_inverse_consistency_penalty_in_displacement_mode_uses_the_swapped_pass(vols):
+@pytest.mark.parametrize("int_steps", [0, 4])
+def test_inverse_consistency_penalty_uses_the_swapped_pass(vols, int_steps):
     # the penalty alone (no similarity, no smoothness): its gradient must pull the network's
-    # fields for (m, f) and (f, m) towards inverses of each other
-    cfg = tiny(**{"model.int_steps": 0, "loss.ic_weight": 1.0, "loss.dice_weight": 0.0, "loss.sim_weight": 0.0,
-                  "loss.reg_weight": 0.0})
+    # fields for (m, f) and (f, m) towards inverses of each other -- in the diffeomorphic mode
+    # too, where exp(-v) would be the inverse of the forward field by construction
+    cfg = tiny(**{"model.int_steps": int_steps, "loss.ic_weight": 1.0, "loss.dice_weight": 0.0,
+                  "loss.sim_weight": 0.0, "loss.reg_weight": 0.0})
     tr = Trainer(cfg, vols, SPLIT)
     _nudge(tr.model)
     with torch.no_grad():
         t, _ = tr.loss(torch.tensor([0]), torch.tensor([1]))
+        p = tr.prep
+        by_hand = inverse_consistency(tr.model(p.images[[1]], p.images[[0]]), tr.model(p.images[[0]], p.images[[1]]))
     before = float(t.terms["ic"])
+    assert before == pytest.approx(float(by_hand), rel=1e-4)
     assert before > 0 and float(t.total) == pytest.approx(before)
     opt = torch.optim.Adam(tr.model.parameters(), lr=1e-3)
     for _ in range(10):
