@@ -159,6 +159,17 @@ def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, reduction
     return _reduce(_mean_per_sample(compose(forward, backward).pow(2).sum(1)), reduction)
 
 
+def _masked(per_pair: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """A label term's (B,) values over the pairs that have labels (``mask``): their mean, or
+    per pair with the unlabelled ones 0."""
+    if mask is None:
+        return _reduce(per_pair, reduction)
+    m = mask.float()
+    if reduction == "none":
+        return per_pair * m
+    return (per_pair * m).sum() / m.sum().clamp_min(1.0)
+
+
 def soft_dice_loss(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask: torch.Tensor | None = None,
                    reduction: str = "mean") -> torch.Tensor:
     """1 - mean soft Dice over label channels; ``mask`` (B,) selects the pairs that have
@@ -168,13 +179,7 @@ def soft_dice_loss(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask
     inter = (fo * wo).sum(dims)
     denom = fo.sum(dims) + wo.sum(dims)
     dice = (2 * inter + 1e-5) / (denom + 1e-5)  # (B, K)
-    per_pair = 1 - dice.mean(1)
-    if mask is None:
-        return _reduce(per_pair, reduction)
-    m = mask.float()
-    if reduction == "none":
-        return per_pair * m
-    return (per_pair * m).sum() / m.sum().clamp_min(1.0)
+    return _masked(1 - dice.mean(1), mask, reduction)
 
 
 def label_sq_error(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask: torch.Tensor | None = None,
@@ -192,13 +197,7 @@ def label_sq_error(fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor, mask
     dims = tuple(range(2, fixed_onehot.ndim))
     fo, wo = fixed_onehot.float(), warped_onehot.float()
     err = (wo - fo).pow(2).sum(dims) / (2 * fo.sum(dims) + 1e-5)  # (B, K)
-    per_pair = err.mean(1)
-    if mask is None:
-        return _reduce(per_pair, reduction)
-    m = mask.float()
-    if reduction == "none":
-        return per_pair * m
-    return (per_pair * m).sum() / m.sum().clamp_min(1.0)
+    return _masked(err.mean(1), mask, reduction)
 
 
 def label_loss(cfg: LossConfig, fixed_onehot: torch.Tensor, warped_onehot: torch.Tensor,
