@@ -27,6 +27,13 @@ def _batches(pairs: list[Pair], size: int) -> Iterator[list[Pair]]:
         yield pairs[i: i + size]
 
 
+def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """Label maps (B, X, Y, Z) warped by ``disp`` (B, 3, X, Y, Z) with nearest-neighbour
+    sampling (the organisers' order-0 warp), as uint8 on the CPU."""
+    w = warp(labels.to(disp.device).unsqueeze(1).float(), disp, mode="nearest")
+    return w[:, 0].round().to(torch.uint8).cpu()
+
+
 @torch.no_grad()
 def register_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downsample: int,
                    device: torch.device | str = "cpu", batch_size: int = 4, channels_last: bool = False
@@ -46,8 +53,7 @@ def register_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
         else:
             disp = predict_field(model, fixed, moving, downsample, channels_last=channels_last).float()
         warped = warp(moving, disp)
-        wlab = warp(vols.labels[m_idx].to(device).unsqueeze(1).float(), disp, mode="nearest")
-        yield chunk, disp.cpu(), warped.cpu(), wlab[:, 0].round().to(torch.uint8).cpu()
+        yield chunk, disp.cpu(), warped.cpu(), warp_labels(vols.labels[m_idx], disp)
 
 
 @torch.no_grad()
@@ -74,7 +80,7 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
         ic = compose(u_fm, u_mf).norm(dim=1).flatten(1).mean(1).cpu()
         self_mag = u_ff.norm(dim=1).cpu()
         flab = vols.labels[torch.tensor([p[0] for p in chunk])]
-        wself = warp(flab.unsqueeze(1).to(device).float(), u_ff, mode="nearest")[:, 0].round().to(torch.uint8).cpu()
+        wself = warp_labels(flab, u_ff)
         for b, (f, _) in enumerate(chunk):
             lab = vols.labels[f] > 0
             sd = float(self_mag[b][lab].mean()) if bool(lab.any()) else float(self_mag[b].mean())
