@@ -39,16 +39,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (default: embedded synthetic phantoms)")
 
 
-def _config(args: argparse.Namespace):
-    from .config import Config
-
+def _length_overrides(args: argparse.Namespace, resume: bool = False) -> list[str]:
+    """--set, plus what --data and --max-minutes set (--max-minutes M alone: M minutes, not
+    "M or 20 epochs"; on resume likewise, the epoch count the run had stops limiting it)."""
     overrides = list(args.overrides)
     if getattr(args, "data", None):
         overrides.append(f"data.root={args.data}")
     if getattr(args, "max_minutes", None) is not None:
         overrides.append(f"train.max_minutes={args.max_minutes}")
-        if not _sets_epochs(args.config, overrides):  # --max-minutes M alone: M minutes, not "M or 20 epochs"
+        if not _sets_epochs(None if resume else args.config, overrides):
             overrides.insert(0, "train.epochs=0")
+    return overrides
+
+
+def _config(args: argparse.Namespace):
+    from .config import Config
+
+    overrides = _length_overrides(args)
     from .amortise_cli import amortise_override
 
     overrides += amortise_override(args)  # regtune train --amortise KEY=LOW:HIGH[:log]
@@ -83,12 +90,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data.source import load_data
     from .train import no_registration_baseline, pick_device, train
 
-    if args.from_study or args.trial:  # regtune train --from-study NAME [--trial ID]: the study's (or a trial's) config
-        from .search.cli import config_from_study
+    resume = None
+    if args.resume:  # regtune train --resume RUN: the run's own config, its length (and data path) may change
+        from .resume import resume_config
 
-        args.config = config_from_study(args)
-    cfg = _config(args)
-    out = Path(args.out) if args.out else RUNS / time.strftime("train-%Y%m%d-%H%M%S")
+        clash = [f for f, v in (("--config", args.config), ("--from-study", args.from_study), ("--trial", args.trial),
+                                ("--amortise", args.amortise), ("--out", args.out)) if v]
+        if clash:
+            raise RegtuneError(f"--resume continues RUN with its own recipe and folder; drop {', '.join(clash)}")
+        cfg, resume = resume_config(args.resume, _length_overrides(args, resume=True))
+        out = resume.parent
+    else:
+        if args.from_study or args.trial:  # regtune train --from-study NAME [--trial ID]: the study's (or a trial's) config
+            from .search.cli import config_from_study
+
+            args.config = config_from_study(args)
+        cfg = _config(args)
+        out = Path(args.out) if args.out else RUNS / time.strftime("train-%Y%m%d-%H%M%S")
     vols = load_data(cfg.data, progress=not args.quiet)
     for note in vols.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -102,7 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"HD95 {_fmt(m['val_hd95'], 2)}  SDlogJ {_fmt(m['val_sdlogj'])}  fold {_fmt(m['val_folding_pct'], 2)}%"
               f"{'  *best' if e.is_best else ''}", file=sys.stderr)
 
-    res = train(cfg, vols, out, device=device, on_epoch=show, progress=not args.quiet)
+    again = f"regtune train --resume {out}" + (f" --data {cfg.data.root}" if cfg.data.root else "")
+    try:
+        res = train(cfg, vols, out, device=device, on_epoch=show, progress=not args.quiet, resume=resume)
+    except KeyboardInterrupt:
+        done = (out / "last.pt").is_file()
+        print(f"\ninterrupted; " + (f"the finished epochs are in {out / 'last.pt'}; continue with: {again}" if done
+                                    else "no epoch had finished, nothing to resume"), file=sys.stderr)
+        return 130
     import json
     split = json.loads((out / "split.json").read_text())
     pairs = [(vols.index(f), vols.index(m)) for f, m in split["val_pairs"]]
@@ -112,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if res.best_checkpoint:
         print(f"checkpoint: {res.best_checkpoint}\nnext: regtune evaluate --checkpoint {res.best_checkpoint}"
               + (f" --data {cfg.data.root}" if cfg.data.root else ""))
+        if res.status == "completed":
+            print(f"to train on: {again} --set train.epochs=N (or --max-minutes M)")
         if cfg.amortise.ranges:
             print(f"amortised over {' '.join(cfg.amortise.ranges)}: choose the weight with regtune search-weights "
                   f"--checkpoint {res.best_checkpoint}, or pass --set KEY=VALUE to evaluate/register")
@@ -169,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from-study", metavar="NAME", help="train the model of study NAME again: its best_config.yaml (--set still applies)")
     t.add_argument("--trial", metavar="ID", help="with --from-study: that trial's complete config instead of the study's model")
     t.add_argument("--runs-dir", default=str(RUNS), metavar="DIR", help="with --from-study: where the studies are")
+    t.add_argument("--resume", metavar="RUN", help="continue run folder RUN from its last.pt (after Ctrl-C, or to train a "
+                        "finished run longer with --set train.epochs=N / --max-minutes M): the step after it is the one an "
+                        "uninterrupted run takes; the recipe stays the run's own")
     t.set_defaults(func=cmd_train)
 
     def data_args(q: argparse.ArgumentParser) -> None:

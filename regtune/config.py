@@ -93,14 +93,19 @@ class Config:
                 raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
             cfg = cls.from_dict(doc, source=str(p))
         if overrides:
-            vals = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-                k, v = item.split("=", 1)
-                vals[k.strip()] = yaml.safe_load(v)
-            cfg = cfg.with_values(vals, source="--set")
+            cfg = cfg.with_values(parse_overrides(overrides), source="--set")
         return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", ...]`` -> ``{"train.lr": 0.0001}`` (values read as YAML)."""
+    vals = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+        k, v = item.split("=", 1)
+        vals[k.strip()] = yaml.safe_load(v)
+    return vals
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "aug": AugConfig,

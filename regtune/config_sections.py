@@ -185,6 +185,11 @@ class TrainConfig:
         extra U-Net pass; else, or with ``loss.ic_weight`` on a non-symmetric network, the
         network's own field for the swapped pair).
     grad_clip: max global gradient norm (0 = off).
+    ema: decay of an exponential moving average of the weights (0 = off; 0.999 averages
+        over the last ~1,000 steps). When on, validation, ``best.pt``, ``last.pt``'s weights and
+        everything downstream (evaluate, register, a study's score) use the averaged weights;
+        the optimiser keeps training the raw ones (kept in ``last.pt`` for an exact resume).
+        Early steps average over fewer steps (decay min(ema, (1 + step) / (10 + step))).
     amp: bf16 autocast of the training step's convolutions: ``true``, ``false`` or ``auto``
         (on for CUDA and for CPUs with native bf16 units, AVX512-BF16 or AMX, where a step
         costs ~0.7x; off on other CPUs, which emulate bf16 slowly). Validation, evaluation
@@ -208,6 +213,7 @@ class TrainConfig:
     epochs: int = 20
     steps_per_epoch: int = 100
     grad_clip: float = 10.0
+    ema: float = 0.0
     amp: bool | str = False
     channels_last: bool = True
     seed: int = 0
@@ -235,6 +241,7 @@ class TrainConfig:
                "0 (no epoch limit) needs a wall-clock budget: set train.max_minutes (--max-minutes M) or train.epochs >= 1")
         _check(self.steps_per_epoch >= 1, "train.steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(0 <= self.ema < 1, "train.ema", f"must be in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
         _check(isinstance(self.amp, bool) or self.amp == "auto", "train.amp", f"must be true, false or auto, got {self.amp!r}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0 (0 = no limit), got {self.max_minutes}")
         _check(self.rising_patience >= 1, "train.rising_patience", f"must be >= 1, got {self.rising_patience}")

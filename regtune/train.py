@@ -267,46 +267,48 @@ def train(cfg: Config, vols: Volumes, out_dir: str | Path, device: torch.device 
         if bar is not None:
             bar.close()
         train_m = trainer.epoch_means()
-        train_m["lr"] = trainer.lr()
-        if status == "diverged_nan":
-            train_m["train_loss"] = math.nan
-            metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}, "val_dice_noreg": noreg_dice}
-        else:
-            val = _validate(cfg, trainer, vols, val_pairs)
-            val["val_dice_noreg"] = noreg_dice
-            metrics = {**train_m, **val}
-            status, reason = guard.check(train_m["train_loss"], val)
-            if status == "running" and rescore is not None:
-                metrics.update(rescore(epoch, model, val_pairs, metrics))
-            if status == "running":
-                status = "completed"
-                reason = f"wall-clock budget of {t.max_minutes:g} min reached" if budget_hit else f"{epoch} epochs"
-        metrics["score"] = objective.score(metrics) if status in ("completed",) else objective.score({})
-        is_best = status == "completed" and metrics["score"] > best_score
-        if is_best:
-            best_score, best_dice, best_epoch = metrics["score"], metrics["val_dice"], epoch
-            save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names, test_pairs=test_names,
-                            split=split_names, steps=trainer.steps)
-        final = status != "completed" or epoch == t.epochs or budget_hit
-        rec = {"epoch": epoch, "step": trainer.steps, "seconds": time.monotonic() - te,
-               "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
-        history.append(rec)
-        state = {"best_score": best_score, "best_dice": best_dice, "best_epoch": best_epoch,
-                 "best_loss": guard.best_loss, "rising": guard.rising}
-        if status != "diverged_nan":  # never keep NaN weights as the state to resume from
-            save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
-                            history=history, val_pairs=val_names, test_pairs=test_names, split=split_names,
-                            steps=trainer.steps, status=rec["status"])
-        with (out / "history.jsonl").open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        result = EpochResult(epoch, trainer.steps, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)
-        if on_epoch is not None:
-            try:
-                on_epoch(result)
-            except StopTraining as e:
-                status, reason = "stopped", str(e) or "stopped by the epoch hook"
-                history[-1]["status"] = status
-                break
+        # validation, best.pt, last.pt's weights and the epoch hook see the averaged weights (train.ema)
+        with trainer.averaged():
+            train_m["lr"] = trainer.lr()
+            if status == "diverged_nan":
+                train_m["train_loss"] = math.nan
+                metrics = {**train_m, **{k: math.nan for k in VAL_KEYS}, "val_dice_noreg": noreg_dice}
+            else:
+                val = _validate(cfg, trainer, vols, val_pairs)
+                val["val_dice_noreg"] = noreg_dice
+                metrics = {**train_m, **val}
+                status, reason = guard.check(train_m["train_loss"], val)
+                if status == "running" and rescore is not None:
+                    metrics.update(rescore(epoch, model, val_pairs, metrics))
+                if status == "running":
+                    status = "completed"
+                    reason = f"wall-clock budget of {t.max_minutes:g} min reached" if budget_hit else f"{epoch} epochs"
+            metrics["score"] = objective.score(metrics) if status in ("completed",) else objective.score({})
+            is_best = status == "completed" and metrics["score"] > best_score
+            if is_best:
+                best_score, best_dice, best_epoch = metrics["score"], metrics["val_dice"], epoch
+                save_checkpoint(out / "best.pt", cfg, model, epoch, metrics, val_pairs=val_names, test_pairs=test_names,
+                                split=split_names, steps=trainer.steps)
+            final = status != "completed" or epoch == t.epochs or budget_hit
+            rec = {"epoch": epoch, "step": trainer.steps, "seconds": time.monotonic() - te,
+                   "elapsed": trainer.elapsed(), "status": status if final else "running", **metrics}
+            history.append(rec)
+            state = {"best_score": best_score, "best_dice": best_dice, "best_epoch": best_epoch,
+                     "best_loss": guard.best_loss, "rising": guard.rising}
+            if status != "diverged_nan":  # never keep NaN weights as the state to resume from
+                save_checkpoint(out / "last.pt", cfg, model, epoch, metrics, trainer=trainer.state(), state=state,
+                                history=history, val_pairs=val_names, test_pairs=test_names, split=split_names,
+                                steps=trainer.steps, status=rec["status"])
+            with (out / "history.jsonl").open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            result = EpochResult(epoch, trainer.steps, rec["seconds"], metrics, rec["status"], reason, is_best, out, model, val_pairs)
+            if on_epoch is not None:
+                try:
+                    on_epoch(result)
+                except StopTraining as e:
+                    status, reason = "stopped", str(e) or "stopped by the epoch hook"
+                    history[-1]["status"] = status
+                    break
         if final:
             break
     res = TrainResult(status, reason, epoch, best_epoch, best_dice, history, out, best_score, trainer.steps)

@@ -11,7 +11,9 @@ the epoch's loss sums accumulate on the device.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -116,6 +118,9 @@ class Trainer:
         if t.compile:  # the U-Net only: integration, warps and losses stay eager (and exact)
             self.model._unet = torch.compile(self.model._unet)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
+        # train.ema: the averaged weights; swapped into the model by averaged() (validation, checkpoints)
+        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema > 0 else None
+        self._swapped = False
         self.sampler = PairSampler(split.train, cfg.data.pairs, t.seed, device=self.device)
         self.augment = Augmenter(cfg.aug, self.device, seed=t.seed + 1) if cfg.aug.any else None
         self.use_amp = amp_enabled(t.amp, self.device)
@@ -212,6 +217,8 @@ class Trainer:
             gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         self.opt.step()
         self.steps += 1
+        if self.ema is not None:
+            self._update_average()
         self.sums += terms.stacked()
         self.n_sum += 1
         return StepOutput(terms, gnorm)
@@ -223,12 +230,47 @@ class Trainer:
         self.n_sum = 0
         return {"train_loss": vals[0], **{f"train_loss_{k}": v for k, v in zip(TERMS, vals[1:])}}
 
+    # ---- the weight average (train.ema) ----------------------------------------------
+    def _update_average(self) -> None:
+        decay = min(self.cfg.train.ema, (1.0 + self.steps) / (10.0 + self.steps))
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.model.parameters()):
+                e.lerp_(p.detach(), 1.0 - decay)
+
+    def _swap(self) -> None:
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.model.parameters()):
+                held = p.detach().clone()
+                p.copy_(e)
+                e.copy_(held)
+        self._swapped = not self._swapped
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside, the model holds the averaged weights (``train.ema``; the trained ones when
+        it is off): what validation scores and checkpoints keep. The trained weights are back after."""
+        if self.ema is None or self._swapped:
+            yield
+            return
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _weights(self) -> dict:
+        """The trained and averaged weights, whichever the model holds now."""
+        live = [p.detach().cpu().clone() for p in self.model.parameters()]
+        kept = [e.cpu().clone() for e in self.ema]
+        return {"trained": kept, "averaged": live} if self._swapped else {"trained": live, "averaged": kept}
+
     # ---- exact resume -------------------------------------------------------------
     def state(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "sampler": self.sampler.state(),
                 "augment_rng": self.augment.state() if self.augment is not None else None,
                 "torch_rng": torch.get_rng_state(), "steps": self.steps, "seconds": self.elapsed(),
-                "lambda_rng": self.lam.state() if self.lam is not None else None}
+                "lambda_rng": self.lam.state() if self.lam is not None else None,
+                "ema": self._weights() if self.ema is not None else None}
 
     def load_state(self, st: dict) -> None:
         self.opt.load_state_dict(st["optimizer"])
@@ -241,3 +283,15 @@ class Trainer:
         self.steps = int(st["steps"])
         self.seconds = float(st.get("seconds", 0.0))
         self._t0 = time.monotonic()
+        if self.ema is not None:  # the checkpoint's weights are the averaged ones; train on from the trained ones
+            w = st.get("ema")
+            with torch.no_grad():
+                params = list(self.model.parameters())
+                if w is not None:
+                    for p, tr, av, e in zip(params, w["trained"], w["averaged"], self.ema):
+                        p.copy_(tr)
+                        e.copy_(av)
+                else:  # a run that did not average until now starts its average here
+                    for p, e in zip(params, self.ema):
+                        e.copy_(p.detach())
+            self._swapped = False

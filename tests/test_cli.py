@@ -6,6 +6,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import map_coordinates
 
 from regtune.cli import main
@@ -26,6 +27,50 @@ def test_train_writes_checkpoint_and_history(trained, capsys):
     run = trained.parent
     assert (run / "last.pt").is_file() and (run / "split.json").is_file()
     assert json.loads((run / "result.json").read_text())["status"] == "completed"
+
+
+def test_resume_trains_a_run_on_and_refuses_recipe_changes(synth_dir, tmp_path, capsys):
+    """regtune train --resume RUN: a finished run trained longer ends where an uninterrupted
+    run of that length ends (weights bit for bit); other keys than its length are refused."""
+    args = ["train", "--data", str(synth_dir), "--quiet", *TINY]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*args, "--out", str(full), "--set", "train.epochs=2"]) == 0
+    assert main([*args, "--out", str(part)]) == 0
+    assert "to train on: regtune train --resume" in capsys.readouterr().out
+    assert main(["train", "--resume", str(part), "--quiet", "--set", "train.epochs=2"]) == 0
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]) and b["epoch"] == 2
+    assert len((part / "history.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["train", "--resume", str(part), "--set", "loss.reg_weight=2"]) == 2
+    assert "--set loss.reg_weight: --resume continues the run's own recipe" in capsys.readouterr().err
+    assert main(["train", "--resume", str(part)]) == 2
+    assert "already has 2 of train.epochs=2 epochs; raise it" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert "no last.pt to resume from" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_train_keeps_the_finished_epochs_and_says_how_to_resume(synth_dir, tmp_path, capsys, monkeypatch):
+    import regtune.train as train_mod
+
+    real = train_mod.train
+
+    def interrupted(*a, on_epoch=None, **kw):
+        def hook(e):
+            on_epoch(e)
+            if e.epoch == 1:
+                raise KeyboardInterrupt
+        return real(*a, on_epoch=hook, **kw)
+
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--quiet", "--out", str(run), *TINY, "--set", "train.epochs=3"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with: regtune train --resume {run} --data {synth_dir}" in err
+    monkeypatch.setattr(train_mod, "train", real)
+    assert main(["train", "--resume", str(run), "--data", str(synth_dir), "--quiet"]) == 0
+    assert [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_evaluate_prints_table_against_no_registration(trained, synth_dir, capsys, tmp_path):

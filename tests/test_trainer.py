@@ -156,7 +156,8 @@ def test_annealing_schedules_reach_zero_at_the_last_step(vols, tmp_path, schedul
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and res.steps == 6
 
 
-@pytest.mark.parametrize("extra", [{}, {"aug.flip": 0.5, "aug.rotate": 10.0, "aug.noise": 0.05, "train.symmetric": True}])
+@pytest.mark.parametrize("extra", [{}, {"aug.flip": 0.5, "aug.rotate": 10.0, "aug.noise": 0.05, "train.symmetric": True},
+                                   {"train.ema": 0.9}])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
     cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0, "train.schedule": "cosine", **extra})
     full = train(cfg, vols, tmp_path / "full", progress=False, split=SPLIT)
@@ -174,6 +175,40 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
     assert all(torch.equal(a[k], b[k]) for k in a), "weights after resume differ from the uninterrupted run"
     for h1, h2 in zip(full.history, resumed.history):
         assert h1["train_loss"] == h2["train_loss"] and h1["lr"] == h2["lr"]
+        assert h1["val_dice"] == h2["val_dice"]
+
+
+def test_weight_average_is_what_validation_and_checkpoints_see_and_leaves_training_alone(vols, tmp_path):
+    """train.ema: the trained trajectory is the plain run's step for step; best.pt/last.pt hold
+    the average, which is the hand-computed EMA of the trained weights after each step."""
+    base = {"train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0}
+    plain = train(tiny(**base), vols, tmp_path / "plain", progress=False, split=SPLIT)
+    avg = train(tiny(**base, **{"train.ema": 0.5}), vols, tmp_path / "ema", progress=False, split=SPLIT)
+    assert [h["train_loss"] for h in plain.history] == [h["train_loss"] for h in avg.history]
+    assert [h["val_loss"] for h in plain.history] != [h["val_loss"] for h in avg.history]
+    # the trained weights of the averaged run are the plain run's; its checkpoint's are their average
+    p_last = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    e_last = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)
+    trained = e_last["trainer"]["ema"]["trained"]
+    assert all(torch.equal(t, w) for t, w in zip(trained, p_last["state_dict"].values()))
+    assert all(torch.equal(a, w) for a, w in zip(e_last["trainer"]["ema"]["averaged"], e_last["state_dict"].values()))
+    assert not all(torch.equal(a, w) for a, w in zip(trained, e_last["state_dict"].values()))
+    # by hand: replay the plain run's steps and average with decay min(0.5, (1 + n) / (10 + n)) = 0.5 from step 0
+    tr = Trainer(tiny(**base), vols, SPLIT)
+    torch.manual_seed(0)
+    tr2 = Trainer(tiny(**base, **{"train.ema": 0.5}), vols, SPLIT)
+    tr2.model.load_state_dict(tr.model.state_dict())
+    ema = [p.detach().clone() for p in tr.model.parameters()]
+    tr2.ema = [e.clone() for e in ema]
+    for _ in range(4):
+        tr.step()
+        tr2.step()
+        d = min(0.5, (1.0 + tr.steps) / (10.0 + tr.steps))
+        ema = [d * e + (1 - d) * p.detach() for e, p in zip(ema, tr.model.parameters())]
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(ema, tr2.ema))
+    with tr2.averaged():
+        assert all(torch.allclose(a, p, atol=1e-7) for a, p in zip(ema, tr2.model.parameters()))
+    assert all(torch.equal(a, p) for a, p in zip(tr.model.parameters(), tr2.model.parameters()))
 
 
 def test_no_epoch_limit_trains_until_the_budget(vols, tmp_path):
