@@ -185,8 +185,8 @@ class TrainConfig:
         extra U-Net pass; else, or with ``loss.ic_weight`` on a non-symmetric network, the
         network's own field for the swapped pair).
     grad_clip: max global gradient norm (0 = off).
-    ema: decay of an exponential moving average of the weights (0 = off; 0.999 averages
-        over the last ~1,000 steps). When on, validation, ``best.pt``, ``last.pt``'s weights and
+    ema: decay of an exponential moving average of the weights (0 = off; 0.999, the default,
+        averages over the last ~n/9 steps of an n-step run, at most ~1,000). When on, validation, ``best.pt``, ``last.pt``'s weights and
         everything downstream (evaluate, register, a study's score) use the averaged weights;
         the optimiser keeps training the raw ones (kept in ``last.pt`` for an exact resume).
         Early steps average over fewer steps (decay min(ema, (1 + step) / (10 + step))).
@@ -213,7 +213,7 @@ class TrainConfig:
     epochs: int = 20
     steps_per_epoch: int = 100
     grad_clip: float = 10.0
-    ema: float = 0.0
+    ema: float = 0.999
     amp: bool | str = False
     channels_last: bool = True
     seed: int = 0

@@ -157,7 +157,7 @@ def test_annealing_schedules_reach_zero_at_the_last_step(vols, tmp_path, schedul
 
 
 @pytest.mark.parametrize("extra", [{}, {"aug.flip": 0.5, "aug.rotate": 10.0, "aug.noise": 0.05, "train.symmetric": True},
-                                   {"train.ema": 0.9}])
+                                   {"train.ema": 0.0}])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
     cfg = tiny(**{"train.epochs": 3, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0, "train.schedule": "cosine", **extra})
     full = train(cfg, vols, tmp_path / "full", progress=False, split=SPLIT)
@@ -181,9 +181,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(vols, tmp_path, extra):
 def test_weight_average_is_what_validation_and_checkpoints_see_and_leaves_training_alone(vols, tmp_path):
     """train.ema: the trained trajectory is the plain run's step for step; best.pt/last.pt hold
     the average, which is the hand-computed EMA of the trained weights after each step."""
-    base = {"train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0}
+    base = {"train.epochs": 2, "train.steps_per_epoch": 3, "loss.dice_weight": 1.0, "train.ema": 0.0}
     plain = train(tiny(**base), vols, tmp_path / "plain", progress=False, split=SPLIT)
-    avg = train(tiny(**base, **{"train.ema": 0.5}), vols, tmp_path / "ema", progress=False, split=SPLIT)
+    avg = train(tiny(**{**base, "train.ema": 0.5}), vols, tmp_path / "ema", progress=False, split=SPLIT)
     assert [h["train_loss"] for h in plain.history] == [h["train_loss"] for h in avg.history]
     assert [h["val_loss"] for h in plain.history] != [h["val_loss"] for h in avg.history]
     # the trained weights of the averaged run are the plain run's; its checkpoint's are their average
@@ -196,7 +196,7 @@ def test_weight_average_is_what_validation_and_checkpoints_see_and_leaves_traini
     # by hand: replay the plain run's steps and average with decay min(0.5, (1 + n) / (10 + n)) = 0.5 from step 0
     tr = Trainer(tiny(**base), vols, SPLIT)
     torch.manual_seed(0)
-    tr2 = Trainer(tiny(**base, **{"train.ema": 0.5}), vols, SPLIT)
+    tr2 = Trainer(tiny(**{**base, "train.ema": 0.5}), vols, SPLIT)
     tr2.model.load_state_dict(tr.model.state_dict())
     ema = [p.detach().clone() for p in tr.model.parameters()]
     tr2.ema = [e.clone() for e in ema]
