@@ -134,19 +134,6 @@ def metadata(cfg) -> dict[str, Any]:
                           "reference": [r.reference for r in rs], "method": a.method}}
 
 
-def parse_assignments(items: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """``["loss.reg_weight=0.3", ...]`` -> ``{"loss.reg_weight": 0.3}`` (YAML-typed values)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. {source} loss.reg_weight=0.5")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 LAMBDA_PREFIX = "lambda."  # metrics key of a chosen weight: lambda.loss.reg_weight
 
 

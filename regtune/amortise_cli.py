@@ -45,10 +45,11 @@ def model_for(ck, device, overrides: list[str], checkpoint: str = "checkpoint", 
 
     Refuses (ConfigError, one line) a weight outside the trained range, a key that is not
     amortised, and any ``--set`` on an ordinary checkpoint (its weights are baked in)."""
-    from .amortise import choose, chosen_in, describe, parse_assignments
+    from .amortise import choose, chosen_in, describe
+    from .config import parse_overrides
 
     recorded = chosen_in(ck.metrics)
-    values = choose(ck.config, parse_assignments(overrides), checkpoint=checkpoint, defaults=recorded)
+    values = choose(ck.config, parse_overrides(overrides), checkpoint=checkpoint, defaults=recorded)
     model = ck.model(device)
     if values:
         model.conditioner.set_values(values)

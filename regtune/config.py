@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -97,12 +97,12 @@ class Config:
         return cfg
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: Iterable[str], source: str = "--set") -> dict[str, Any]:
     """``["train.lr=1e-4", ...]`` -> ``{"train.lr": 0.0001}`` (values read as YAML)."""
     vals = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. {source} train.lr=1e-4")
         k, v = item.split("=", 1)
         vals[k.strip()] = yaml.safe_load(v)
     return vals
