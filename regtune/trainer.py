@@ -4,8 +4,8 @@
 benchmarks all run it (the epoch loop, validation and checkpoints live in
 :mod:`regtune.train`). Per step it draws pairs on the device, augments them there, runs
 the network (both directions when ``train.symmetric``), computes the loss under bf16
-autocast on CUDA when ``train.amp``, and updates the weights, all without a host sync;
-the epoch's loss sums accumulate on the device.
+autocast on CUDA when ``train.amp``, and updates the weights (and their moving average,
+``train.ema``), all without a host sync; the epoch's loss sums accumulate on the device.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class Trainer:
 
     ``step()`` runs one optimiser step; ``loss(f, m)`` the loss of given pairs (used by
     validation without augmentation). ``state()`` / ``load_state()`` capture everything
-    a bit-identical continuation needs (weights, optimiser, every generator, step, time).
+    a bit-identical continuation needs (weights, optimiser, every generator, step, time, and
+    with ``train.ema`` both the trained and the averaged weights); ``averaged()`` swaps the
+    average into the model for validation and checkpoints.
     """
 
     def __init__(self, cfg: Config, vols: Volumes, split: Split, device: torch.device | str = "cpu"):
