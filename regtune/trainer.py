@@ -121,7 +121,8 @@ class Trainer:
             self.model._unet = torch.compile(self.model._unet)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr)
         # train.ema: the averaged weights; swapped into the model by averaged() (validation, checkpoints)
-        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema > 0 else None
+        self._params = list(self.model.parameters())
+        self.ema = [p.detach().clone() for p in self._params] if t.ema > 0 else None
         self._swapped = False
         self.sampler = PairSampler(split.train, cfg.data.pairs, t.seed, device=self.device)
         self.augment = Augmenter(cfg.aug, self.device, seed=t.seed + 1) if cfg.aug.any else None
@@ -235,13 +236,12 @@ class Trainer:
     # ---- the weight average (train.ema) ----------------------------------------------
     def _update_average(self) -> None:
         decay = min(self.cfg.train.ema, (1.0 + self.steps) / (10.0 + self.steps))
-        with torch.no_grad():
-            for e, p in zip(self.ema, self.model.parameters()):
-                e.lerp_(p.detach(), 1.0 - decay)
+        with torch.no_grad():  # one fused update per step (what torch.optim.swa_utils' EMA uses)
+            torch._foreach_lerp_(self.ema, self._params, 1.0 - decay)
 
     def _swap(self) -> None:
         with torch.no_grad():
-            for e, p in zip(self.ema, self.model.parameters()):
+            for e, p in zip(self.ema, self._params):
                 held = p.detach().clone()
                 p.copy_(e)
                 e.copy_(held)
@@ -262,7 +262,7 @@ class Trainer:
 
     def _weights(self) -> dict:
         """The trained and averaged weights, whichever the model holds now."""
-        live = [p.detach().cpu().clone() for p in self.model.parameters()]
+        live = [p.detach().cpu().clone() for p in self._params]
         kept = [e.cpu().clone() for e in self.ema]
         return {"trained": kept, "averaged": live} if self._swapped else {"trained": live, "averaged": kept}
 
@@ -288,7 +288,7 @@ class Trainer:
         if self.ema is not None:  # the checkpoint's weights are the averaged ones; train on from the trained ones
             w = st.get("ema")
             with torch.no_grad():
-                params = list(self.model.parameters())
+                params = self._params
                 if w is not None:
                     for p, tr, av, e in zip(params, w["trained"], w["averaged"], self.ema):
                         p.copy_(tr)
