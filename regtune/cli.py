@@ -265,6 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
+    c = sub.add_parser("compare", help="paired comparison of two evaluations on the same pairs (is A better than B, or noise?)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Per metric: the mean over pairs of A - B, its standard error, and on how many pairs each "
+                                   "is better. Both must have scored the same pairs (e.g. two checkpoints' reserved test "
+                                   "pairs from one split, or one --pairs CSV).",
+                       epilog="example:\n  regtune evaluate --checkpoint runA/best.pt --data DATA --out evalA\n"
+                              "  regtune evaluate --checkpoint runB/best.pt --data DATA --out evalB\n"
+                              "  regtune compare evalA evalB          # z = (A - B) / SE; |z| >= 2 is rarely the pairs' noise")
+    c.add_argument("a", metavar="A", help="evaluation folder (regtune evaluate --out) or its pairs.csv")
+    c.add_argument("b", metavar="B", help="the other one")
+    c.add_argument("--metric", action="append", metavar="NAME",
+                   help="a per-pair column (repeatable; default: dice, hd95, sdlogj, sdlogj_l2r, folding_pct, ic_error, self_dice)")
+    c.set_defaults(func=cmd_compare)
+
     add_weight_commands(sub)  # regtune search-weights
 
     try:
@@ -274,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     if add_commands is not None:
         add_commands(sub)
     return p
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import DEFAULT_METRICS, compare, format_table, read_pairs
+
+    (pa, a), (pb, b) = read_pairs(args.a), read_pairs(args.b)
+    names = (str(pa.parent if pa.name == "pairs.csv" else pa), str(pb.parent if pb.name == "pairs.csv" else pb))
+    print(format_table(compare(a, b, tuple(args.metric or DEFAULT_METRICS), names), names))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,11 @@ def test_evaluate_prints_table_against_no_registration(trained, synth_dir, capsy
     assert main(["evaluate", "--checkpoint", str(trained), "--data", str(synth_dir), "--pairs", str(p),
                  "--out", str(tmp_path / "e2"), "--quiet"]) == 0
     assert "NOT held out: 2 subject(s) were trained on" in capsys.readouterr().out
+    # regtune compare reads evaluate's own files: the same scores give a zero difference, other pairs are refused
+    assert main(["compare", str(tmp_path), str(tmp_path / "pairs.csv")]) == 0
+    assert next(x for x in capsys.readouterr().out.splitlines() if x.startswith("dice ")).split()[4] in ("+0.0000", "-0.0000")
+    assert main(["compare", str(tmp_path), str(tmp_path / "e2")]) == 2
+    assert "scored different pairs" in capsys.readouterr().err
 
 
 def test_register_writes_fields_the_organisers_scorer_loads(trained, synth_dir, tmp_path, capsys):
