@@ -8,6 +8,7 @@ command with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -306,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit flush
+        return rc
+    except BrokenPipeError:
+        # the reader left early (``regtune compare A B | head``): stop quietly, as ``git log | head`` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except RegtuneError as e:
         print(f"regtune {args.command}: error: {e}", file=sys.stderr)
         return 2

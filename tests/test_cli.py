@@ -168,6 +168,17 @@ def test_bad_input_is_one_clear_line(argv, fragment, capsys):
     assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """``regtune config | head -1``: the pipe closes before regtune writes; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "regtune", "config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first write
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err
+
+
 def test_corrupt_checkpoint(tmp_path, capsys):
     p = tmp_path / "x.pt"
     p.write_bytes(b"not a checkpoint")
