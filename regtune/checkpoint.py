@@ -61,8 +61,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a regtune checkpoint (no '{FORMAT}' marker)")
+    conf = blob.get("config")
+    if isinstance(conf, dict) and isinstance(conf.get("amortise"), dict) and "film_head" not in conf["amortise"]:
+        # written before amortise.film_head existed: its network has no head scale (today's default has one)
+        conf = {**conf, "amortise": {**conf["amortise"], "film_head": False}}
     try:
-        cfg = Config.from_dict(blob["config"], source=f"{path} config")
+        cfg = Config.from_dict(conf, source=f"{path} config")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     extra = {k: v for k, v in blob.items() if k not in ("format", "config", "state_dict", "epoch", "metrics")}

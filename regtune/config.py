@@ -128,6 +128,12 @@ def _coerce(raw: Any, current: Any, key: str, source: str) -> Any:
         if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "1", "0", "auto"):
             return "auto" if raw.lower() == "auto" else raw.lower() in ("true", "yes", "1")
         raise bad("true, false or auto")
+    if key == "amortise.film_head":  # true, false or null (on for film, off for hyper)
+        if raw is None or isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "1", "0", "null", "none", "auto"):
+            return None if raw.lower() in ("null", "none", "auto") else raw.lower() in ("true", "yes", "1")
+        raise bad("true, false or null")
     if key == "data.root":
         if raw is None or raw == "" or str(raw).lower() in ("none", "synthetic"):
             return None

@@ -75,7 +75,7 @@ def test_ranges_parse_and_bad_specs_name_the_key():
 
 def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_oversampled():
     cfg = Config().with_values({"amortise.ranges": ["loss.reg_weight=0.01:100:log", "loss.dice_weight=0:2"],
-                                "amortise.end_prob": 0.2})
+                                "amortise.end_prob": 0.2, "amortise.end_high": 0.5})
     s = LambdaSampler(cfg, seed=3)
     u, w = s.draw(20000)
     reg, dice = w["reg"], w["dice"]
@@ -94,6 +94,10 @@ def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_over
     u = hi.draw(20000)[0][:, 0]
     assert (u == 1).float().mean().item() == pytest.approx(0.4, abs=0.015)
     assert (u == 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    # the defaults: half the draws on the ends, 65 % of those on the high end
+    u = LambdaSampler(Config().with_values({"amortise.ranges": ["loss.reg_weight=0.01:100:log"]}), seed=3).draw(20000)[0][:, 0]
+    assert (u == 1).float().mean().item() == pytest.approx(0.325, abs=0.015)
+    assert (u == 0).float().mean().item() == pytest.approx(0.175, abs=0.015)
     # high_first: before that share of the run, half the draws on the high end and none on the low
     cur = LambdaSampler(cfg.with_values({"amortise.high_first": 0.4}), seed=3)
     early, late = cur.draw(20000, progress=0.39)[0][:, 0], cur.draw(20000, progress=0.4)[0][:, 0]
@@ -149,6 +153,31 @@ def test_film_head_scales_the_velocity_per_sample_and_starts_as_the_plain_networ
     assert torch.allclose(v[1], 1.5 * v_plain[1], rtol=1e-4, atol=1e-7)
     with pytest.raises(ConfigError, match="amortise.film_head"):
         tiny(**{"amortise.ranges": [RANGE], "amortise.method": "hyper", "amortise.film_head": True})
+
+
+def test_film_head_is_on_by_default_for_film_and_off_for_a_hypernetwork():
+    def head(**kw):
+        c = build_model(tiny(**{"amortise.ranges": [RANGE], **kw})).conditioner
+        return c.n_head if isinstance(c, FiLM) else None
+
+    assert tiny().amortise.film_head is None  # null: decided by the method
+    assert head() == 3 and head(**{"amortise.film_head": "false"}) == 0 and head(**{"amortise.film_head": "null"}) == 3
+    assert head(**{"amortise.method": "hyper"}) is None  # no refusal: the default asks for no head there
+    with pytest.raises(ConfigError, match="amortise.film_head.*true, false or null"):
+        tiny(**{"amortise.film_head": "sometimes"})
+
+
+def test_a_checkpoint_from_before_film_head_loads_as_the_network_it_was(tmp_path, vols):
+    from regtune.checkpoint import save_checkpoint
+
+    cfg = tiny(**{"amortise.ranges": [RANGE], "amortise.film_head": False})
+    net = build_model(cfg)
+    p = save_checkpoint(tmp_path / "old.pt", cfg, net, epoch=1)
+    blob = torch.load(p, weights_only=True)
+    del blob["config"]["amortise"]["film_head"]  # the key did not exist when it was written
+    torch.save(blob, p)
+    ck = load_checkpoint(p)
+    assert ck.config.amortise.head_scaled is False and ck.model().conditioner.n_head == 0
 
 
 # ---- the weight changes the output ----------------------------------------------------

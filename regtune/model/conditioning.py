@@ -168,7 +168,7 @@ def build_model(cfg) -> RegNet:
     rs = ranges_of(cfg)
     if rs:
         a = cfg.amortise
-        net.conditioner = (FiLM(net, rs, a.hidden, a.depth, a.film_head) if a.method == "film"
+        net.conditioner = (FiLM(net, rs, a.hidden, a.depth, a.head_scaled) if a.method == "film"
                            else HyperNet(net, rs, a.hidden, a.depth))
     return net
 
