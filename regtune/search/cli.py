@@ -121,7 +121,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if res.model:
         m = res.model
         print(f"\nthe study's model: {'promoted trial' if m['promoted'] else 'trial'} {m['trial_id']}"
-              + (f" (from {m['promoted_from']})" if m.get("promoted_from") else "") + f", score {m['score']:.4f}")
+              + (f" (from {m['promoted_from']})" if m.get("promoted_from") else "") + f", score {m['score']:.4f}"
+              + "".join(f", at the chosen {k}={v:.4g}" for k, v in (m.get("chosen_weights") or {}).items()))
         if "test" in m:
             t, b = m["test"], m["no_registration"]
             print(f"  held-out test ({m['test_pairs']} pairs of {m['test_subjects']} reserved subjects): Dice {t['dice']:.3f} "

@@ -36,6 +36,7 @@ def write_study_model(opts, space, res, vols) -> dict[str, Any]:
     """Write best_config.yaml, best.pt and test_scores.json for the study's model (see module doc)."""
     from mlflow.entities import Metric
 
+    from ..amortise import chosen_in
     from ..checkpoint import load_checkpoint
     from ..evaluate import evaluate_pairs, summarise
     from .store import open_client
@@ -71,11 +72,17 @@ def write_study_model(opts, space, res, vols) -> dict[str, Any]:
               "complete: `regtune train --config best_config.yaml` trains this model again (same data, split, seed, steps);",
               f"train.threads={cfg.train.threads} as in the trial (CPU results are bit-for-bit only with the same threads);",
               "override anything with --set, e.g. --set train.threads=0 to use every core"]
+    lam = chosen_in(ck.metrics)  # an amortised study: the weights its search chose for this model
+    if lam:
+        at = " ".join(f"{k}={v:.6g}" for k, v in lam.items())
+        header.append(f"amortised: best.pt registers at the chosen {at} (its own `loss.*` value above is not used); "
+                      f"another weight of the range: regtune evaluate|register --checkpoint best.pt --set KEY=VALUE")
     (study_dir / "best_config.yaml").write_text(config_yaml(cfg, header))
     model: dict[str, Any] = {"trial_id": best["trial_id"], "run_id": best.get("run_id", ""), "promoted": promoted,
                              "promoted_from": src, "score": best["score"], "epoch": ck.epoch,
                              "config": str(study_dir / "best_config.yaml"), "checkpoint": str(study_dir / "best.pt"),
-                             "val": {k: best.get(k) for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct")}}
+                             "val": {k: best.get(k) for k in ("val_dice", "val_hd95", "val_sdlogj", "val_folding_pct")},
+                             "chosen_weights": lam}
     names = ck.extra.get("test_pairs") or []
     if names:
         t0 = time.monotonic()

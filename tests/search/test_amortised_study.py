@@ -77,6 +77,13 @@ def test_amortised_study_end_to_end(synth_dir, tmp_path, ray_local):
         # the trial's score is the objective of its best epoch, scored at the searched weight
         assert m["best_val_dice"] == pytest.approx(ck.metrics["val_dice"]) and math.isfinite(ck.metrics["score"])
 
+    # the study's model says at which weight it registers: test_scores.json, best_config.yaml's header, best.pt
+    model_ck = load_checkpoint(res.model["checkpoint"])
+    chosen = res.model["chosen_weights"]
+    assert set(chosen) == {"loss.reg_weight"} and chosen["loss.reg_weight"] == pytest.approx(model_ck.metrics["lambda.loss.reg_weight"])
+    assert json.loads(open(res.model["checkpoint"].replace("best.pt", "test_scores.json")).read())["chosen_weights"] == chosen
+    assert f"the chosen loss.reg_weight={chosen['loss.reg_weight']:.6g}" in open(res.model["config"]).read()
+
     d, client = diagnose(res.tracking_uri, "amortised-tiny")
     report = write_report(d, client, tmp_path / "diagnosis")
     assert (tmp_path / "diagnosis" / "weight_curves.png").is_file()
