@@ -51,6 +51,23 @@ def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch
     return path
 
 
+# Keys a checkpoint's config may lack because they came after it was written, with the value
+# that reproduces the run that wrote it (today's default differs): amortise.film_head came
+# with default off and is on for FiLM networks now.
+ADDED_LATER = {"amortise.film_head": False}
+
+
+def _with_keys_added_later(conf: Any) -> Any:
+    if not isinstance(conf, dict):
+        return conf  # from_dict says what is wrong with it
+    conf = {sect: dict(sub) if isinstance(sub, dict) else sub for sect, sub in conf.items()}
+    for key, value in ADDED_LATER.items():
+        sect, _, name = key.partition(".")
+        if isinstance(conf.get(sect), dict):
+            conf[sect].setdefault(name, value)
+    return conf
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
@@ -61,12 +78,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a regtune checkpoint (no '{FORMAT}' marker)")
-    conf = blob.get("config")
-    if isinstance(conf, dict) and isinstance(conf.get("amortise"), dict) and "film_head" not in conf["amortise"]:
-        # written before amortise.film_head existed: its network has no head scale (today's default has one)
-        conf = {**conf, "amortise": {**conf["amortise"], "film_head": False}}
     try:
-        cfg = Config.from_dict(conf, source=f"{path} config")
+        cfg = Config.from_dict(_with_keys_added_later(blob["config"]), source=f"{path} config")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     extra = {k: v for k, v in blob.items() if k not in ("format", "config", "state_dict", "epoch", "metrics")}
