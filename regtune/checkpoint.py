@@ -53,8 +53,9 @@ def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch
 
 # Keys a checkpoint's config may lack because they came after it was written, with the value
 # that reproduces the run that wrote it (today's default differs): amortise.film_head came
-# with default off and is on for FiLM networks now.
-ADDED_LATER = {"amortise.film_head": False}
+# with default off and is on for FiLM networks now; train.ema came with 0 (off) and is 0.999
+# now, so a run from before it resumes without an average, as it trained.
+ADDED_LATER = {"amortise.film_head": False, "train.ema": 0.0}
 
 
 def _with_keys_added_later(conf: Any) -> Any:

@@ -175,9 +175,11 @@ def test_a_checkpoint_from_before_film_head_loads_as_the_network_it_was(tmp_path
     p = save_checkpoint(tmp_path / "old.pt", cfg, net, epoch=1)
     blob = torch.load(p, weights_only=True)
     del blob["config"]["amortise"]["film_head"]  # the key did not exist when it was written
+    del blob["config"]["train"]["ema"]  # nor did the weight average (default 0 then, 0.999 now)
     torch.save(blob, p)
     ck = load_checkpoint(p)
     assert ck.config.amortise.head_scaled is False and ck.model().conditioner.n_head == 0
+    assert ck.config.train.ema == 0.0 and Config().train.ema == 0.999
 
 
 # ---- the weight changes the output ----------------------------------------------------
