@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         res = train(cfg, vols, out, device=device, on_epoch=show, progress=not args.quiet, resume=resume)
     except KeyboardInterrupt:
         done = (out / "last.pt").is_file()
-        print(f"\ninterrupted; " + (f"the finished epochs are in {out / 'last.pt'}; continue with: {again}" if done
+        print("\ninterrupted; " + (f"the finished epochs are in {out / 'last.pt'}; continue with: {again}" if done
                                     else "no epoch had finished, nothing to resume"), file=sys.stderr)
         return 130
     import json

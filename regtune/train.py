@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, TrainConfig
+from .config import Config
 from .data.dataset import Volumes
 from .data.pairs import Pair, Split, sample_pairs, split_subjects
 from .evaluate import evaluate_pairs, summarise
+from .guard import DivergenceGuard
 from .model import RegNet
 from .objective import Objective
 from .progress import progress as progress_bar
@@ -111,49 +112,6 @@ def _validate(cfg: Config, trainer: Trainer, vols: Volumes, val_pairs: list[Pair
     for k in terms[0]:
         out[f"val_{k}"] = float(np.mean([t[k] for t in terms]))
     return out
-
-
-class DivergenceGuard:
-    """Decides after each epoch whether training has diverged or collapsed.
-
-    check(train_loss, val_metrics) -> (status, reason); status is "running" while fine.
-    """
-
-    def __init__(self, t: TrainConfig):
-        self.t = t
-        self.first_loss = math.nan  # the first epoch's validation loss: the scale of the gain
-        self.best_loss = math.inf
-        self.rising = 0
-
-    def check(self, train_loss: float, val: dict[str, float]) -> tuple[str, str]:
-        t = self.t
-        if not all(math.isfinite(val.get(k, math.nan)) for k in ("val_loss", "val_dice")) or not math.isfinite(train_loss):
-            return "diverged_nan", "non-finite training/validation loss or Dice"
-        if val["val_warped_intensity"] < t.collapse_intensity * val["val_moving_intensity"]:
-            return "collapsed", (f"mean warped intensity {val['val_warped_intensity']:.3f} fell below "
-                                 f"{t.collapse_intensity:g} x moving intensity {val['val_moving_intensity']:.3f} (black warp)")
-        if val["val_outside_pct"] > 100 * t.collapse_outside:
-            return "collapsed", f"{val['val_outside_pct']:.1f}% of sample points left the volume (field collapse)"
-        # "keeps rising" is judged on the validation loss: a fixed pair list, so it has no
-        # pair-sampling noise (the epoch-mean training loss of a few dozen random pairs has).
-        # A rise counts when it gives back more than rising_tolerance of the gain since the
-        # first epoch: a scale of the loss's own, where |best| is none (an NCC loss crosses
-        # zero; on the real data a 5 % of |best| band sat inside the plateau's noise and
-        # stopped the default recipe as "diverged" at 31 of its 50 minutes). A loss that never
-        # improved on its first epoch has no gain, so any persistent rise counts.
-        loss = val["val_loss"]
-        if math.isnan(self.first_loss):
-            self.first_loss = loss
-        if loss < self.best_loss:
-            self.best_loss, self.rising = loss, 0
-        elif loss > self.best_loss + t.rising_tolerance * (self.first_loss - self.best_loss):
-            self.rising += 1
-            if self.rising >= t.rising_patience:
-                return "diverged_rising", (f"validation loss {loss:.4g} stayed above its best {self.best_loss:.4g} "
-                                           f"for {self.rising} epochs")
-        else:
-            self.rising = 0
-        return "running", ""
 
 
 def no_registration_baseline(vols: Volumes, pairs: list[Pair]) -> dict[str, float]:
