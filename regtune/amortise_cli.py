@@ -119,7 +119,8 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     from .errors import DataError
     from .train import pick_device
     from .search.weight_outputs import track, write_outputs
-    from .search.weight_search import SearchSettings, search_weights
+    from .search.weight_results import SearchSettings
+    from .search.weight_search import search_weights
 
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config

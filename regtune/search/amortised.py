@@ -43,7 +43,7 @@ class TrialSearch:
     profile: int = 7  # grid points of the per-trial curve scored with HD95 (0 = none)
 
     def settings(self, seed: int = 0):
-        from .weight_search import SearchSettings
+        from .weight_results import SearchSettings
 
         return SearchSettings(n=self.n, pairs=self.pairs, refine=self.refine, max_folding_pct=self.max_folding_pct,
                               max_sdlogj=self.max_sdlogj, per_round=8, seed=seed)

@@ -18,7 +18,7 @@ import torch
 from ..amortise import describe
 from ..data.dataset import Volumes
 from ..data.pairs import Pair
-from .weight_search import SearchResult
+from .weight_results import SearchResult
 
 
 def _plt():
