@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .cli_checkpoint import _fmt, cmd_evaluate, cmd_register
+from .cli_config import add_config_args, config_from_args, length_overrides
 from .errors import RegtuneError
 
 RUNS = Path("regtune-runs")
@@ -33,56 +34,10 @@ EPILOG = textwrap.dedent("""\
     """)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="YAML", help="config file with sections data/model/loss/train")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set train.lr=1e-4 (repeatable)")
-    p.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (default: embedded synthetic phantoms)")
-
-
-def _length_overrides(args: argparse.Namespace, resume: bool = False) -> list[str]:
-    """--set, plus what --data and --max-minutes set (--max-minutes M alone: M minutes, not
-    "M or 20 epochs"; on resume likewise, the epoch count the run had stops limiting it)."""
-    overrides = list(args.overrides)
-    if getattr(args, "data", None):
-        overrides.append(f"data.root={args.data}")
-    if getattr(args, "max_minutes", None) is not None:
-        overrides.append(f"train.max_minutes={args.max_minutes}")
-        if not _sets_epochs(None if resume else args.config, overrides):
-            overrides.insert(0, "train.epochs=0")
-    return overrides
-
-
-def _config(args: argparse.Namespace):
-    from .config import Config
-
-    overrides = _length_overrides(args)
-    from .amortise_cli import amortise_override
-
-    overrides += amortise_override(args)  # regtune train --amortise KEY=LOW:HIGH[:log]
-    return Config.load(args.config, overrides)
-
-
-def _sets_epochs(path: str | None, overrides: list[str]) -> bool:
-    """Whether the user gave train.epochs (a --set, or the config file's train: section)."""
-    if any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
-        return True
-    if not path or not Path(path).is_file():
-        return False
-    import yaml
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError:
-        return False  # Config.load reports it
-    train = doc.get("train") if isinstance(doc, dict) else None
-    return isinstance(train, dict) and "epochs" in train
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
@@ -99,14 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 ("--amortise", args.amortise), ("--out", args.out)) if v]
         if clash:
             raise RegtuneError(f"--resume continues RUN with its own recipe and folder; drop {', '.join(clash)}")
-        cfg, resume = resume_config(args.resume, _length_overrides(args, resume=True))
+        cfg, resume = resume_config(args.resume, length_overrides(args, resume=True))
         out = resume.parent
     else:
         if args.from_study or args.trial:  # regtune train --from-study NAME [--trial ID]: the study's (or a trial's) config
             from .search.cli import config_from_study
 
             args.config = config_from_study(args)
-        cfg = _config(args)
+        cfg = config_from_args(args)
         out = Path(args.out) if args.out else RUNS / time.strftime("train-%Y%m%d-%H%M%S")
     vols = load_data(cfg.data, progress=not args.quiet)
     for note in vols.notes:
@@ -150,7 +105,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .data.source import load_data
     from .doctor import FAIL, format_checks, run_doctor
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     vols = load_data(cfg.data, progress=not args.quiet)
     checks = run_doctor(cfg, vols, raw_p99=vols.raw_p99, steps=args.steps)
     print(f"regtune doctor: {len(vols)} subjects from {cfg.data.root or 'synthetic phantoms'}, "
@@ -177,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("config", help="print the full config (defaults + file + overrides) as YAML")
-    _add_config_args(c)
+    add_config_args(c)
     c.set_defaults(func=cmd_config)
 
     t = sub.add_parser("train", help="train a registration network", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -185,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "at full resolution on held-out subjects.",
                        epilog="example: regtune train --data ../shared/data/learn2reg-hippocampus --max-minutes 15 "
                               "--set loss.reg_weight=1.0")
-    _add_config_args(t)
+    add_config_args(t)
     from .amortise_cli import add_amortise_arg, add_commands as add_weight_commands, add_set_arg
 
     add_amortise_arg(t)
@@ -251,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Check what makes registration training fail before spending hours: the "
                                     "transformer's conventions, intensity scales, labels, the initial field, the "
                                     "gradient of each loss term, and whether the loss falls on one pair.")
-    _add_config_args(dr)
+    add_config_args(dr)
     dr.add_argument("--steps", type=int, default=40, help="steps of the overfit-one-pair check (default 40)")
     dr.add_argument("--quiet", action="store_true")
     dr.set_defaults(func=cmd_doctor)

@@ -195,10 +195,11 @@ def test_help_and_synth(tmp_path, capsys):
 
 
 def test_max_minutes_alone_is_a_time_budget_not_capped_by_the_default_epochs(tmp_path):
-    from regtune.cli import _config, build_parser
+    from regtune.cli import build_parser
+    from regtune.cli_config import config_from_args
 
     def cfg(*argv):
-        return _config(build_parser().parse_args(["train", *argv])).train
+        return config_from_args(build_parser().parse_args(["train", *argv])).train
 
     assert (cfg("--max-minutes", "5").epochs, cfg("--max-minutes", "5").max_minutes) == (0, 5.0)
     assert cfg("--max-minutes", "5", "--set", "train.epochs=7").epochs == 7  # given: whichever comes first
