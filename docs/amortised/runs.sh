@@ -1,6 +1,7 @@
 #!/bin/bash
 # Issue 12 follow-up runs (docs/amortised/measured-2026-12-01.md, fourth session); OUT holds recipe.yaml
 # (`regtune config` output) and receives the runs; step counts are fixed, so load does not change results.
+#   then: python docs/amortised/bar.py OUT/eval COND ORD@W ... prints the must-show-1 rows (Dice diff and SE, SDlogJ ratio, the bar)
 #   OUT=DIR runs.sh cond  WORKTREE NAME   [--set K=V ...]  a conditional net over reg_weight [LO, HI] (log; default
 #                                                           LO=0.01 HI=10), 10 x 100 steps, 1 thread; test scores at
 #                                                           LO, sqrt(LO*HI) (the log-middle, 0.316228 by default), HI
