@@ -40,26 +40,26 @@ class WeightRange:
     log: bool = False
 
     @classmethod
-    def parse(cls, spec: Any, where: str = "amortise.ranges") -> "WeightRange":
+    def parse(cls, spec: Any, where: str = "config key 'amortise.ranges'") -> "WeightRange":
         if not isinstance(spec, str) or "=" not in spec:
-            raise ConfigError(f"config key '{where}': {spec!r} is not {SPEC_HELP}")
+            raise ConfigError(f"{where}: {spec!r} is not {SPEC_HELP}")
         key, _, rng = spec.partition("=")
         key = key.strip()
         if key not in AMORTISABLE:
-            raise ConfigError(f"config key '{where}': {key!r} cannot be amortised (only the loss weights "
+            raise ConfigError(f"{where}: {key!r} cannot be amortised (only the loss weights "
                               f"{', '.join(AMORTISABLE)})")
         parts = [p.strip() for p in rng.split(":")]
         log = len(parts) == 3 and parts[2].lower() == "log"
         if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
-            raise ConfigError(f"config key '{where}': {spec!r} is not {SPEC_HELP}")
+            raise ConfigError(f"{where}: {spec!r} is not {SPEC_HELP}")
         try:
             low, high = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ConfigError(f"config key '{where}': {spec!r}: LOW and HIGH must be numbers ({SPEC_HELP})") from None
+            raise ConfigError(f"{where}: {spec!r}: LOW and HIGH must be numbers ({SPEC_HELP})") from None
         if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
-            raise ConfigError(f"config key '{where}': {spec!r}: need 0 <= LOW < HIGH, got {low:g}, {high:g}")
+            raise ConfigError(f"{where}: {spec!r}: need 0 <= LOW < HIGH, got {low:g}, {high:g}")
         if log and low <= 0:
-            raise ConfigError(f"config key '{where}': {spec!r}: a :log range needs LOW > 0")
+            raise ConfigError(f"{where}: {spec!r}: a :log range needs LOW > 0")
         return cls(key, low, high, log)
 
     @property
@@ -98,12 +98,12 @@ class WeightRange:
         return [self.from_unit(i / max(n - 1, 1)) for i in range(n)]
 
 
-def parse_ranges(specs: Iterable[Any], where: str = "amortise.ranges") -> tuple[WeightRange, ...]:
+def parse_ranges(specs: Iterable[Any], where: str = "config key 'amortise.ranges'") -> tuple[WeightRange, ...]:
     out: list[WeightRange] = []
     for s in specs:
         r = WeightRange.parse(s, where)
         if any(o.key == r.key for o in out):
-            raise ConfigError(f"config key '{where}': {r.key} is listed twice; give one range per weight")
+            raise ConfigError(f"{where}: {r.key} is listed twice; give one range per weight")
         out.append(r)
     return tuple(out)
 

@@ -31,6 +31,10 @@ def add_amortise_arg(p: argparse.ArgumentParser) -> None:
 def amortise_override(args: argparse.Namespace) -> list[str]:
     """``--amortise`` as a config override (``amortise.ranges=[...]``); empty when not given."""
     specs = getattr(args, "amortise", None) or []
+    if specs:
+        from .amortise import parse_ranges
+
+        parse_ranges(specs, where="--amortise")  # a bad range is named as the flag the user typed, not as a --set
     return [f"amortise.ranges={json.dumps(list(specs))}"] if specs else []
 
 

@@ -365,3 +365,20 @@ def test_cli_search_weights(cli_runs, synth_dir, tmp_path, capsys):
     ordinary = cli_runs / "ordinary" / "best.pt"
     assert main(["search-weights", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--no-mlflow"]) == 2
     assert "baked in" in _one_line_error(capsys)
+
+
+def test_a_bad_amortise_flag_is_named_as_the_flag_not_as_a_set(tmp_path, capsys):
+    from regtune.cli import main
+
+    for flags, says in ((["--amortise", "loss.reg_weight=1:0.1"], "--amortise: 'loss.reg_weight=1:0.1': need 0 <= LOW < HIGH"),
+                        (["--amortise", "loss.foo=0.1:1"], "--amortise: 'loss.foo' cannot be amortised"),
+                        (["--amortise", "loss.reg_weight=0.1:1", "--amortise", "loss.reg_weight=0.2:1"],
+                         "--amortise: loss.reg_weight is listed twice")):
+        capsys.readouterr()
+        assert main(["train", "--out", str(tmp_path / "never"), *flags]) == 2
+        line = _one_line_error(capsys)
+        assert says in line and "--set" not in line, line
+    assert not (tmp_path / "never").exists()
+    # the same range given as a config key keeps the config key's name
+    assert main(["train", "--out", str(tmp_path / "never"), "--set", "amortise.ranges=[loss.reg_weight=1:0.1]"]) == 2
+    assert "config key 'amortise.ranges'" in _one_line_error(capsys)
