@@ -41,7 +41,8 @@ def amortise_override(args: argparse.Namespace) -> list[str]:
 def add_set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="for an amortised checkpoint: the loss weight to register with, inside its trained range, "
-                        "e.g. --set loss.reg_weight=0.3 (repeatable; default: the middle of the range)")
+                        "e.g. --set loss.reg_weight=0.3 (repeatable; default: the weight the checkpoint records as chosen, "
+                        "as an amortised study's model does, else the middle of the range)")
 
 
 def model_for(ck, device, overrides: list[str], checkpoint: str = "checkpoint", quiet: bool = False):
