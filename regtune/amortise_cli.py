@@ -60,7 +60,7 @@ def model_for(ck, device, overrides: list[str], checkpoint: str = "checkpoint", 
         model.conditioner.set_values(values)
         if not quiet:
             given = {k.split("=", 1)[0].strip() for k in overrides}
-            how = "" if given >= set(values) else (" (unset: the weight its study trial chose)" if recorded
+            how = "" if given >= set(values) else (" (unset: the weight the checkpoint records as chosen)" if recorded
                                                    else " (unset: the middle of the trained range)")
             print(f"amortised checkpoint: registering at {describe(values)}{how}", file=sys.stderr)
     return model, values
@@ -82,8 +82,10 @@ SEARCH_EPILOG = textwrap.dedent("""\
       overlays.png  one validation pair at the low end, the chosen weight, the high end
       points.csv    every setting tried with its scores; result.json the summary
       chosen.yaml   the training config at the chosen weights (an ordinary run at them)
+      chosen.pt     the checkpoint again, with the chosen weights recorded: evaluate and
+                    register use them unless --set picks others
     and one MLflow run (experiment weight-search): per-setting metrics curve_* (step =
-    rank along the weight), the choice and its scores, the files above.
+    rank along the weight), the choice and its scores, the files above but chosen.pt.
 
     examples:
       regtune search-weights --checkpoint RUN/best.pt --data ../shared/data/learn2reg-hippocampus
@@ -118,7 +120,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_search_weights(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, save_at_weights
     from .data.dataset import load_folder
     from .data.source import data_root
     from .errors import DataError
@@ -157,6 +159,7 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     res = search_weights(model, cfg, vols, val, settings, device=device, test_pairs=test, log=log)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "weight-search"
     paths = write_outputs(out, res, model, cfg, vols, checkpoint=str(args.checkpoint), device=device)
+    chosen_pt = save_at_weights(out / "chosen.pt", ck, res.chosen.values)  # not an MLflow artifact: it is the checkpoint again
     rid = ""
     if not args.no_mlflow:
         from .search.store import sqlite_uri
@@ -164,11 +167,11 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
         uri = args.tracking_uri or sqlite_uri(Path(args.runs_dir) / "mlflow.db")
         rid = track(res, uri, args.experiment, checkpoint=str(args.checkpoint), artifacts=paths)
     print(format_result(res))
-    print(f"\nfiles: {out}/ (curve.png, overlays.png, points.csv, result.json, chosen.yaml)")
+    print(f"\nfiles: {out}/ (curve.png, overlays.png, points.csv, result.json, chosen.yaml, chosen.pt)")
     if rid:
         print(f"MLflow: run {rid} in experiment '{args.experiment}' ({uri})")
-    sets = " ".join(f"--set {k}={v:.4g}" for k, v in res.chosen.values.items())
-    print(f"next: regtune evaluate --checkpoint {args.checkpoint} {sets}" + (f" --data {args.data}" if args.data else ""))
+    print(f"next: regtune evaluate --checkpoint {chosen_pt}" + (f" --data {args.data}" if args.data else "")
+          + "   (the network at the chosen weights; register takes it too)")
     return 0
 
 

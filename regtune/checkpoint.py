@@ -51,6 +51,19 @@ def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch
     return path
 
 
+def save_at_weights(path: str | Path, ck: Checkpoint, values: dict[str, float]) -> Path:
+    """``ck`` (an amortised checkpoint) again, recording ``values`` as its chosen loss weights:
+    loading it gives the network set to them, and ``evaluate`` / ``register`` use them unless
+    ``--set`` says otherwise (as for an amortised study's model)."""
+    from .amortise import LAMBDA_PREFIX
+
+    metrics = {k: v for k, v in ck.metrics.items() if not k.startswith(LAMBDA_PREFIX)}
+    metrics.update({f"{LAMBDA_PREFIX}{k}": float(v) for k, v in values.items()})
+    net = build_model(ck.config)
+    net.load_state_dict(ck.state_dict)
+    return save_checkpoint(path, ck.config, net, ck.epoch, metrics, **ck.extra)
+
+
 # Keys a checkpoint's config may lack because they came after it was written, with the value
 # that reproduces the run that wrote it (today's default differs): amortise.film_head came
 # with default off and is on for FiLM networks now; train.ema came with 0 (off) and is 0.999

@@ -353,6 +353,8 @@ def test_cli_train_amortise_evaluate_and_register_at_a_chosen_weight(cli_runs, s
 
 
 def test_cli_search_weights(cli_runs, synth_dir, tmp_path, capsys):
+    import json
+
     from regtune.cli import main
 
     ck = cli_runs / "amortised" / "best.pt"
@@ -361,7 +363,18 @@ def test_cli_search_weights(cli_runs, synth_dir, tmp_path, capsys):
                  "--refine", "1", "--out", str(tmp_path / "ws"), "--tracking-uri", uri, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "chosen: loss.reg_weight=" in out and "held out" in out and "next: regtune evaluate" in out
-    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"curve.png", "overlays.png", "points.csv", "result.json", "chosen.yaml"}
+    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"curve.png", "overlays.png", "points.csv", "result.json", "chosen.yaml",
+                                                          "chosen.pt"}
+    # chosen.pt: the same network, registering at the chosen weight unless --set says otherwise
+    chosen = json.loads((tmp_path / "ws" / "result.json").read_text())["chosen"]
+    assert f"next: regtune evaluate --checkpoint {tmp_path / 'ws' / 'chosen.pt'}" in out
+    at = load_checkpoint(tmp_path / "ws" / "chosen.pt")
+    assert amortise.chosen_in(at.metrics) == chosen and at.extra["amortised"] == load_checkpoint(ck).extra["amortised"]
+    assert all(torch.equal(v, load_checkpoint(ck).state_dict[k]) for k, v in at.state_dict.items())
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ws" / "chosen.pt"), "--data", str(synth_dir),
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "(unset: the weight the checkpoint records as chosen)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["loss_weights"] == chosen
     ordinary = cli_runs / "ordinary" / "best.pt"
     assert main(["search-weights", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--no-mlflow"]) == 2
     assert "baked in" in _one_line_error(capsys)

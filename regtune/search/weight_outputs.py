@@ -1,7 +1,8 @@
 """What ``regtune search-weights`` leaves behind: ``curve.png`` (Dice and SDlogJ against the
 weight, log axis, no-registration level, infeasible region shaded, the chosen point),
 ``overlays.png`` (one validation pair at the low end, the chosen weight and the high end),
-``points.csv``, ``result.json``, ``chosen.yaml`` (:func:`write_outputs`), and one MLflow run
+``points.csv``, ``result.json``, ``chosen.yaml`` (:func:`write_outputs`; the command adds
+``chosen.pt``, :func:`regtune.checkpoint.save_at_weights`), and one MLflow run
 with per-setting metrics, the curve and the choice (:func:`track`)."""
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def write_outputs(out: str | Path, res: SearchResult, model, cfg, vols: Volumes,
     head = (f"# chosen by regtune search-weights from {checkpoint or 'a conditional checkpoint'}\n"
             f"# ({len(res.points)} settings on {len(res.search_pairs)} validation pairs; objective {res.objective.describe()}; "
             f"constraints {res.settings.describe()})\n"
-            f"# the conditional network at these weights: regtune evaluate|register --checkpoint CK {sets}\n"
+            f"# the conditional network at these weights: regtune evaluate|register --checkpoint chosen.pt\n"
+            f"#   (or --checkpoint {checkpoint or 'CK'} {sets})\n"
             f"# an ordinary network trained at them:    regtune train --config {paths['config'].name}\n")
     paths["config"].write_text(head + yaml.safe_dump(chosen_config(cfg, res.chosen.values).to_dict(), sort_keys=False))
     return paths
