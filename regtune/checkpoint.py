@@ -55,8 +55,11 @@ def save_at_weights(path: str | Path, ck: Checkpoint, values: dict[str, float]) 
     """``ck`` (an amortised checkpoint) again, recording ``values`` as its chosen loss weights:
     loading it gives the network set to them, and ``evaluate`` / ``register`` use them unless
     ``--set`` says otherwise (as for an amortised study's model)."""
-    from .amortise import LAMBDA_PREFIX
+    from .amortise import LAMBDA_PREFIX, choose
 
+    if not ck.config.amortise.ranges:
+        raise ConfigError(f"{path}: cannot record chosen loss weights for an ordinary network (they are baked into its weights)")
+    values = choose(ck.config, values, source="chosen weights")  # every amortised key, each inside its trained range
     metrics = {k: v for k, v in ck.metrics.items() if not k.startswith(LAMBDA_PREFIX)}
     metrics.update({f"{LAMBDA_PREFIX}{k}": float(v) for k, v in values.items()})
     net = build_model(ck.config)

@@ -395,3 +395,17 @@ def test_a_bad_amortise_flag_is_named_as_the_flag_not_as_a_set(tmp_path, capsys)
     # the same range given as a config key keeps the config key's name
     assert main(["train", "--out", str(tmp_path / "never"), "--set", "amortise.ranges=[loss.reg_weight=1:0.1]"]) == 2
     assert "config key 'amortise.ranges'" in _one_line_error(capsys)
+
+
+def test_save_at_weights_records_a_weight_inside_the_range_and_refuses_an_ordinary_network(cli_runs, tmp_path):
+    from regtune.checkpoint import save_at_weights
+
+    ck = load_checkpoint(cli_runs / "amortised" / "best.pt")  # RANGE: loss.reg_weight over [0.1, 100]
+    at = load_checkpoint(save_at_weights(tmp_path / "at.pt", ck, {"loss.reg_weight": 2.0}))
+    assert amortise.chosen_in(at.metrics) == {"loss.reg_weight": 2.0}
+    assert at.model().conditioner.values()["loss.reg_weight"] == pytest.approx(2.0, rel=1e-5)
+    with pytest.raises(ConfigError, match="outside the range"):
+        save_at_weights(tmp_path / "no.pt", ck, {"loss.reg_weight": 1000.0})
+    with pytest.raises(ConfigError, match="ordinary network"):
+        save_at_weights(tmp_path / "no.pt", load_checkpoint(cli_runs / "ordinary" / "best.pt"), {"loss.reg_weight": 2.0})
+    assert not (tmp_path / "no.pt").exists()
