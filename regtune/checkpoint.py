@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .amortise import chosen_in, metadata as amortise_metadata
+from .amortise import LAMBDA_PREFIX, choose, chosen_in, metadata as amortise_metadata
 from .config import Config
 from .errors import CheckpointError, ConfigError
 from .model import RegNet
@@ -40,9 +40,14 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, cfg: Config, model: torch.nn.Module, epoch: int,
                     metrics: dict[str, float] | None = None, **extra: Any) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+    return _write(path, cfg, model.state_dict(), epoch, metrics, **extra)
+
+
+def _write(path: str | Path, cfg: Config, state_dict: dict[str, torch.Tensor], epoch: int,
+           metrics: dict[str, float] | None = None, **extra: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    blob = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
             "epoch": int(epoch), "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             **amortise_metadata(cfg), **extra}
     tmp = path.with_name(path.name + ".tmp")
@@ -55,16 +60,12 @@ def save_at_weights(path: str | Path, ck: Checkpoint, values: dict[str, float]) 
     """``ck`` (an amortised checkpoint) again, recording ``values`` as its chosen loss weights:
     loading it gives the network set to them, and ``evaluate`` / ``register`` use them unless
     ``--set`` says otherwise (as for an amortised study's model)."""
-    from .amortise import LAMBDA_PREFIX, choose
-
     if not ck.config.amortise.ranges:
         raise ConfigError(f"{path}: cannot record chosen loss weights for an ordinary network (they are baked into its weights)")
     values = choose(ck.config, values, source="chosen weights")  # every amortised key, each inside its trained range
     metrics = {k: v for k, v in ck.metrics.items() if not k.startswith(LAMBDA_PREFIX)}
     metrics.update({f"{LAMBDA_PREFIX}{k}": float(v) for k, v in values.items()})
-    net = build_model(ck.config)
-    net.load_state_dict(ck.state_dict)
-    return save_checkpoint(path, ck.config, net, ck.epoch, metrics, **ck.extra)
+    return _write(path, ck.config, ck.state_dict, ck.epoch, metrics, **ck.extra)  # the weights as stored: no network built
 
 
 # Keys a checkpoint's config may lack because they came after it was written, with the value
