@@ -87,7 +87,7 @@ class ModelConfig:
     enc, dec: channel widths of the encoder levels and the decoder layers. Twice the default
         widths cost 2.7x a step in fp32, 1.04-1.08x the default's fp32 step in bf16 on a CPU
         with AMX; they need lr 5e-4 (at 1e-3 the field stays at zero for ~200 steps) and gave
-        +0.002 to +0.006 test Dice at 15 and 30 minutes, two seeds (benchmarks/README.md).
+        +0.002 to +0.006 test Dice at 15 and 30 minutes, 2-3 seeds (benchmarks/README.md).
     int_steps: > 0 makes the model diffeomorphic (scaling-and-squaring integration of a
         stationary velocity field v; the inverse transform is exp(-v)); 0 = plain displacement.
     int_downsize: integrate the velocity on a grid this many times coarser than the
