@@ -155,23 +155,25 @@ def test_folding_trials_get_their_rule_in_the_findings():
     assert "3 trial(s)" in line and "model.int_steps" in line and "6/6" in line, line
 
 
-@pytest.mark.parametrize("stuck, said", [((10.0, 15.0), "points to over-regularised"),
-                                         ((0.4, 0.5), "sets them apart, but that side of loss.reg_weight is not a known cause")])
-def test_no_motion_rule_names_a_cause_only_where_it_is_one(stuck, said):
+@pytest.mark.parametrize("key, stuck, moved, said", [
+    ("loss.reg_weight", (10.0, 15.0), (0.8, 1.0, 1.2, 2.0), "points to over-regularised"),
+    ("train.lr", (0.004, 0.006), (1e-4, 3e-4, 5e-4, 1e-3), "points to learning rate too large"),
+    ("loss.reg_weight", (0.4, 0.5), (0.8, 1.0, 1.2, 2.0), "sets them apart, but regtune names no cause on that side of loss.reg_weight")])
+def test_no_motion_rule_names_a_cause_only_where_it_is_one(key, stuck, moved, said):
     """A rule that sets the no-motion trials apart is called their cause only when its side is
-    one (a weight above the movers'); a low weight that happens to separate them is not (the
-    tenth real-data study: two flat trials at reg weight 0.40 and 0.58)."""
+    one (a weight above the movers', an lr above or below theirs); a low weight that happens to
+    separate them is not (the tenth real-data study: two flat trials at reg weight 0.40 and 0.58)."""
     from regtune.search.diagnose.analysis import Diagnosis
     from regtune.search.diagnose.report import explain
     from regtune.search.diagnose.rules import no_motion_causes, separators
     from regtune.search.diagnose.trials import NO_MOTION, TrialInfo
     from regtune.search.space import parse_space
 
-    space = parse_space({"name": "m", "params": {"loss.reg_weight": {"type": "float", "low": 0.1, "high": 20.0, "log": True}},
+    space = parse_space({"name": "m", "params": {key: {"type": "float", "low": 1e-5, "high": 10.0, "log": True}},
                          "objective": {"metric": "val_dice", "mode": "max"}}, "m.yaml")
     trials = []
-    for i, w in enumerate([*stuck, 0.8, 1.0, 1.2, 2.0]):
-        t = TrialInfo(f"t{i}", "r", {"loss.reg_weight": w}, "completed", "", {})
+    for i, w in enumerate([*stuck, *moved]):
+        t = TrialInfo(f"t{i}", "r", {key: w}, "completed", "", {})
         t.cls = NO_MOTION if w in stuck else "converged"
         trials.append(t)
     d = Diagnosis(space, "p", trials, 0.5, {}, {}, [], {}, {})

@@ -32,7 +32,7 @@ def _rule_note(rule: dict, cause: str) -> str:
     """The best single rule behind the no-motion trials: a cause where the rule names one
     (a weight above the movers', an lr below theirs), else only what sets them apart."""
     if cause.startswith("set apart by"):
-        return f" (the best single rule, {_rule(rule)}, sets them apart, but that side of {rule['param']} is not a known cause of no motion)"
+        return f" (the best single rule, {_rule(rule)}, sets them apart, but regtune names no cause on that side of {rule['param']})"
     return f" (the best single rule, {_rule(rule)}, points to {cause})"
 
 
