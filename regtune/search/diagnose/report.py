@@ -28,14 +28,6 @@ def _rule(s: dict) -> str:
             f"(majority-class baseline: {s['baseline']}/{s['n']})")
 
 
-def _rule_note(rule: dict, cause: str) -> str:
-    """The best single rule behind the no-motion trials: a cause where the rule names one
-    (a weight above the movers', an lr below theirs), else only what sets them apart."""
-    if cause.startswith("set apart by"):
-        return f" (the best single rule, {_rule(rule)}, sets them apart, but regtune names no cause on that side of {rule['param']})"
-    return f" (the best single rule, {_rule(rule)}, points to {cause})"
-
-
 def _fmt_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -72,7 +64,9 @@ def explain(d: Diagnosis) -> list[str]:
         rule = next((r for r in d.no_motion_rules if r["beats_baseline"]), None)
         lines.append(f"{len(nm)} trial(s) stayed flat at the no-registration Dice ({d.noreg_dice:.3f}): "
                      + "; ".join(f"**{c}**: {', '.join(ids)}" for c, ids in causes.items())
-                     + (_rule_note(rule, cause) if cause and rule else "") + ".")
+                     + (f" (the best single rule, {_rule(rule)}, " + (f"points to {cause})" if cause else
+                        f"sets them apart, but regtune names no cause on that side of {rule['param']})") if rule else "")
+                     + ".")
     ts = [t for t in d.trials if t.cls == TOO_SHORT]
     if ts:
         lines.append(f"{len(ts)} trial(s) were **too short**, not over-regularised: near the no-registration Dice but still "
