@@ -108,6 +108,36 @@ def test_sampler_draws_each_sample_its_own_weight_log_uniform_with_the_ends_over
         cfg.with_values({"amortise.high_first": 1.0})
 
 
+def test_stratified_draws_keep_each_samples_distribution_and_cover_the_range_every_batch():
+    vals = {"amortise.ranges": ["loss.reg_weight=0.01:100:log", "loss.dice_weight=0:2"],
+            "amortise.end_prob": 0.5, "amortise.end_high": 0.5, "amortise.stratify": True}
+    s = LambdaSampler(Config().with_values(vals), seed=3)
+    batches = torch.stack([s.draw(4)[0] for _ in range(5000)])  # (5000, 4, 2)
+    # one draw on each end and one in each half of the inner range, every batch and every range
+    for col in range(2):
+        u = batches[..., col]
+        assert bool(((u == 0).sum(1) == 1).all()) and bool(((u == 1).sum(1) == 1).all())
+        inner = u[(u > 0) & (u < 1)].view(5000, 2)
+        assert bool(((inner < 0.5).sum(1) == 1).all())
+    # each position of the batch (the order is random) has the unstratified shares
+    first = batches[:, 0, 0]
+    assert (first == 0).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert (first == 1).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    inner = first[(first > 0) & (first < 1)]
+    assert float(inner.mean()) == pytest.approx(0.5, abs=0.02) and float((inner < 0.25).float().mean()) == pytest.approx(0.25, abs=0.03)
+    # uneven shares (the default's 65 % of end draws on the high end) over larger batches
+    t = LambdaSampler(Config().with_values({**vals, "amortise.end_high": 0.65}), seed=4)
+    u = torch.cat([t.draw(8)[0][:, 0] for _ in range(3000)])
+    assert (u == 1).float().mean().item() == pytest.approx(0.325, abs=0.01)
+    assert (u == 0).float().mean().item() == pytest.approx(0.175, abs=0.01)
+    w = t.draw(8)[1]["reg"]
+    assert float(w.min()) >= 0.01 - 1e-6 and float(w.max()) <= 100 * (1 + 1e-5)
+    # off (the default): the draws are the unstratified ones, unchanged
+    plain = Config().with_values({**vals, "amortise.stratify": False})
+    assert torch.equal(LambdaSampler(plain, seed=5).draw(4)[0], LambdaSampler(plain, seed=5).draw(4)[0])
+    assert not Config().amortise.stratify
+
+
 def test_normalised_weights_are_a_convex_combination_with_the_drawn_ratios():
     vals = {"amortise.ranges": ["loss.reg_weight=0.01:100:log"], "loss.sim_weight": 1.0, "loss.dice_weight": 0.5}
     plain = LambdaSampler(Config().with_values(vals), seed=5)

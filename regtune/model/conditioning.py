@@ -185,7 +185,9 @@ class LambdaSampler:
     HyperMorph oversamples 0 and 1; ``draw(n, progress)`` before ``amortise.high_first``
     of the run puts half of them on the high end and none on the low one instead. With
     ``amortise.normalise`` the returned weights of every term (the fixed ones too) are
-    divided per sample by their sum.
+    divided per sample by their sum. With ``amortise.stratify`` a draw of n takes one
+    quantile from each n-th of that distribution, per range, in a random order (the same
+    distribution per sample, less spread between batches).
     """
 
     def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0):
@@ -194,6 +196,7 @@ class LambdaSampler:
         self.low_prob = cfg.amortise.end_prob * (1.0 - cfg.amortise.end_high)
         self.high_first = cfg.amortise.high_first
         self.normalise = cfg.amortise.normalise
+        self.stratify = cfg.amortise.stratify
         self.fixed = {k: float(getattr(cfg.loss, w)) for k, w in WEIGHT_KEYS.items()}
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
@@ -226,11 +229,26 @@ class LambdaSampler:
         k = len(self.ranges)
         early = progress < self.high_first
         low_prob, end_prob = (0.0, 0.5) if early else (self.low_prob, self.end_prob)
-        u = torch.rand(n, k, generator=self.gen, device=self.device)
-        if end_prob > 0:
-            r = torch.rand(n, k, generator=self.gen, device=self.device)
-            u = torch.where(r < low_prob, torch.zeros_like(u), torch.where(r < end_prob, torch.ones_like(u), u))
+        if self.stratify:
+            u = self._quantile(self._strata(n, k), low_prob, end_prob)
+        else:
+            u = torch.rand(n, k, generator=self.gen, device=self.device)
+            if end_prob > 0:
+                r = torch.rand(n, k, generator=self.gen, device=self.device)
+                u = torch.where(r < low_prob, torch.zeros_like(u), torch.where(r < end_prob, torch.ones_like(u), u))
         return u, self.weights(u)
+
+    def _strata(self, n: int, k: int) -> torch.Tensor:
+        """(n, k) uniforms, one in each of [i/n, (i+1)/n) per column, rows in a random order."""
+        order = torch.argsort(torch.rand(n, k, generator=self.gen, device=self.device), dim=0)
+        return (order + torch.rand(n, k, generator=self.gen, device=self.device)) / n
+
+    @staticmethod
+    def _quantile(s: torch.Tensor, low_prob: float, end_prob: float) -> torch.Tensor:
+        """The draw distribution's quantile function at ``s`` in [0, 1): the low end (mass
+        ``low_prob``), then uniform (mass ``1 - end_prob``), then the high end."""
+        inner = ((s - low_prob) / (1.0 - end_prob)).clamp(0.0, 1.0)
+        return torch.where(s < low_prob, torch.zeros_like(s), torch.where(s >= 1.0 - (end_prob - low_prob), torch.ones_like(s), inner))
 
     def state(self) -> torch.Tensor:
         return self.gen.get_state()
