@@ -5,7 +5,7 @@ or a flat dict such as a search trial's), validated in ``__post_init__`` and the
 passed around read-only. Every key a user can write is a dotted field path, e.g.
 ``train.lr`` or ``loss.similarity``; an unknown key or a bad value raises
 :class:`~regtune.errors.ConfigError` naming it. The sections' fields and checks live in
-:mod:`regtune.config_sections`.
+:mod:`regtune.config_sections` (and the ``train`` section in :mod:`regtune.config_train`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 # the sections and their value sets, re-exported: ``from regtune.config import TrainConfig`` stays the import
-from .config_sections import (BEST_METRICS, PAIR_MODES, REGULARISERS, SCHEDULES, SIMILARITIES, AmortiseConfig, AugConfig,  # noqa: F401
-                              DataConfig, LossConfig, ModelConfig, TrainConfig)
+from .config_sections import (PAIR_MODES, REGULARISERS, SIMILARITIES, AmortiseConfig, AugConfig,  # noqa: F401
+                              DataConfig, LossConfig, ModelConfig)
+from .config_train import BEST_METRICS, SCHEDULES, TrainConfig  # noqa: F401
 from .errors import ConfigError
 
 
