@@ -5,7 +5,7 @@ import sys, json, time, torch
 from pathlib import Path
 from regtune.config import Config
 from regtune.data.source import load_data
-from regtune.train import train, split_for
+from regtune.train import train
 from regtune.checkpoint import load_checkpoint
 from regtune.evaluate import evaluate_pairs, summarise
 T = float(sys.argv[1]); out = Path(sys.argv[2]); methods = sys.argv[3].split(",")
