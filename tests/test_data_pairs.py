@@ -1,13 +1,7 @@
 import pytest
 
-from regtune.config import DataConfig
-from regtune.data import PairSampler, all_pairs, load_folder, read_pairs_csv, sample_pairs, split_subjects, write_pairs_csv
+from regtune.data import PairSampler, all_pairs, read_pairs_csv, sample_pairs, split_subjects, write_pairs_csv
 from regtune.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def vols(synth_dir):
-    return load_folder(synth_dir, DataConfig())
 
 
 def test_split_is_subject_level_and_seeded(vols):

@@ -1,17 +1,10 @@
 """What users take for granted of a registration: the consistency metrics of regtune.evaluate."""
 
-import pytest
 import torch
 
-from regtune.config import Config, ModelConfig
-from regtune.data import load_folder
+from regtune.config import ModelConfig
 from regtune.evaluate import consistency
 from regtune.model import RegNet
-
-
-@pytest.fixture(scope="module")
-def vols(synth_dir):
-    return load_folder(synth_dir, Config().data)
 
 
 def _net(symmetric: bool) -> RegNet:

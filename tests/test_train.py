@@ -1,11 +1,9 @@
 import math
 
-import pytest
 import torch
 
 from regtune.checkpoint import load_checkpoint
 from regtune.config import Config
-from regtune.data import load_folder
 from regtune.data.pairs import Split
 from regtune.train import StopTraining, no_registration_baseline, train
 
@@ -14,11 +12,6 @@ from .helpers import NO_AUG
 TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2, "data.test_subjects": 2,
         "data.downsample": 1, "train.batch_size": 2, "loss.dice_weight": 0.0,
         **NO_AUG}  # one pair, few steps
-
-
-@pytest.fixture(scope="module")
-def vols(synth_dir):
-    return load_folder(synth_dir, Config().data)
 
 
 def tiny(**kw) -> Config:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from regtune.config import Config
-from regtune.data import load_folder
 from regtune.errors import ConfigError
 from regtune.data.pairs import Split
 from regtune.losses import combine, inverse_consistency, loss_terms
@@ -17,11 +16,6 @@ from regtune.trainer import Trainer
 
 TINY = {"model.enc": [8, 16, 16], "model.dec": [16, 16, 16, 16, 8], "data.val_subjects": 2, "data.val_pairs": 2,
         "data.test_subjects": 2, "data.downsample": 2, "train.batch_size": 2, "model.int_steps": 4}
-
-
-@pytest.fixture(scope="module")
-def vols(synth_dir):
-    return load_folder(synth_dir, Config().data)
 
 
 def tiny(**kw) -> Config:

@@ -1,0 +1,54 @@
+"""The inference-time search over an amortised network's weights, through Optuna and MLflow
+(the session's briefly trained conditional network on the phantoms)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from regtune.checkpoint import load_checkpoint
+from regtune.config import Config
+
+
+def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from regtune.search import weight_outputs as wo
+    from regtune.search import weight_search as ws
+
+    ck = load_checkpoint(film_run / "best.pt")
+    val = [(vols.index(f), vols.index(m)) for f, m in ck.extra["val_pairs"]]
+    test = [(vols.index(f), vols.index(m)) for f, m in ck.extra["test_pairs"]]
+    # the search's batched fast path scores exactly as the ordinary evaluation does
+    scorer = ws.WeightScorer(ck.model(), ck.config, vols, batch=3)
+    settings = [{"loss.reg_weight": v} for v in (0.1, 2.0, 100.0)]
+    for fast, v in zip(scorer.many(settings, val), settings):
+        slow = scorer(v, val)
+        assert all(fast[k] == pytest.approx(slow[k], abs=1e-9) for k in ("dice", "sdlogj", "folding_pct"))
+    st = ws.SearchSettings(n=12, pairs=1, per_round=4, refine=2, max_folding_pct=None, max_sdlogj=1e6)
+    res = ws.search_weights(ck.model(), ck.config, vols, val, st, test_pairs=test)
+    xs = [p.values["loss.reg_weight"] for p in res.points]
+    assert len(xs) == 12 and min(xs) == pytest.approx(0.1) and max(xs) == pytest.approx(100.0)  # the grid spans the range
+    assert all(0.1 - 1e-9 <= x <= 100 + 1e-9 for x in xs) and len(res.search_pairs) == 1
+    assert len(res.refined) == 2 and all(p.pairs == len(val) for p in res.refined)
+    assert res.chosen in res.refined and res.chosen.score == max(p.score for p in res.refined)
+    assert math.isfinite(res.chosen.metrics["hd95"]) and res.test_pairs == len(test) and 0 <= res.test["dice"] <= 1
+    # an impossible constraint: reported, the least-folding setting chosen
+    strict = ws.search_weights(ck.model(), ck.config, vols, val, ws.SearchSettings(n=4, pairs=1, refine=1, max_sdlogj=0.0))
+    assert not strict.any_feasible and not strict.chosen.feasible
+
+    paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    chosen = Config.load(paths["config"])
+    assert chosen.amortise.ranges == () and chosen.loss.reg_weight == pytest.approx(res.chosen.values["loss.reg_weight"], rel=1e-6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rid = wo.track(res, uri, checkpoint="ck", artifacts=paths)
+    client = MlflowClient(uri)
+    run = client.get_run(rid)
+    assert run.data.tags["regtune.kind"] == "weight_search" and run.info.status == "FINISHED"
+    assert float(run.data.params["chosen.loss.reg_weight"]) == pytest.approx(res.chosen.values["loss.reg_weight"], rel=1e-4)
+    curve = client.get_metric_history(rid, "curve_lambda.loss.reg_weight")
+    assert len(curve) == 12 and [m.value for m in sorted(curve, key=lambda m: m.step)] == sorted(xs)
+    assert len(client.get_metric_history(rid, "curve_dice")) == 12 and "chosen_test_dice" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(rid)} >= {"curve.png", "overlays.png", "points.csv", "chosen.yaml"}
