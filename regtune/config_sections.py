@@ -222,18 +222,23 @@ class AmortiseConfig:
     end_prob: fraction of the draws put exactly on an end of a range.
     end_high: the share of those on the high end (0.5: half on each end). The high end of
         a regulariser's weight is the slowest regime to learn (strong smoothing of large
-        deformations), so it gets more of the draws. The defaults (half the draws on the
-        ends, 65 % of those on the high end, with the head scaled) are the best balance
-        measured for a conditional network over ``reg_weight`` [0.01, 10] against ordinary
-        networks at 0.01, 0.316 and 10 on the real data, though not inside the issue's bar
-        for every seed: over four seeds 0.008-0.015 Dice behind at 10 and 0.78-0.89x as rough
-        at 0.316; fewer draws on the high end left it further behind there, more made it
-        smoother still at the lower weights (docs/amortised.md, item 7).
+        deformations), so by default it gets all of them (``end_prob 0.5, end_high 1``: half
+        the draws exactly on the high end, the other half spread over the range, the low end
+        included, none exactly on it; the head scaled). Against the split of 65 % on the high
+        end (the default until 2026-12-07), the same network, seed and training length
+        registered as well or better at every weight measured and with smoother fields below
+        the high end: over four paired runs on the real data (``reg_weight`` [0.01, 10]; 3T
+        and 6T, fp32 and wide bf16) +0.003 to +0.009 Dice at 10, within 0.003 at 0.01 and
+        0.316 with SDlogJ 0.73-0.83x (docs/amortised.md, item 12). The price is the weight's
+        meaning: below the high end the network is smoother than an ordinary network trained
+        at the same weight (0.6-0.9x its SDlogJ at 0.316), so choose the weight on the
+        network itself (``regtune search-weights``), not from an ordinary network's.
     high_first: a curriculum: for this share of the run (its progress, as the learning-rate
         schedule counts it: steps of ``epochs x steps_per_epoch`` or the ``max_minutes``
         clock), half the draws sit on the high end of every range and none on the low end
         (``end_prob 0.5, end_high 1``); after it, ``end_prob`` / ``end_high`` as set. The
-        slow high end gets its head start, and the low end its own draws back for the rest.
+        slow high end gets its head start, and the low end its own draws back for the rest
+        (with the defaults, ``end_prob 0.5, end_high 1``, the two phases draw alike).
     normalise: divide each training sample's loss by the sum of its loss weights, so the
         loss is a convex combination of the terms (HyperMorph's ``(1 - l) sim + l reg``)
         and samples that drew large weights do not dominate the batch's gradient. Each
@@ -250,7 +255,7 @@ class AmortiseConfig:
     depth: int = 2
     film_head: bool | None = None
     end_prob: float = 0.5
-    end_high: float = 0.65
+    end_high: float = 1.0
     high_first: float = 0.0
     normalise: bool = False
     stratify: bool = False

@@ -181,7 +181,7 @@ class LambdaSampler:
     """Per-sample loss weights for training: ``draw(n)`` -> (u (n, K), {term: (n,) weights}).
 
     Each value is uniform in its range (log-uniform for ``:log``); ``end_prob`` of the
-    draws sit exactly on an end (``end_high`` of them on the high end, by default half), as
+    draws sit exactly on an end (``end_high`` of them on the high end, by default all), as
     HyperMorph oversamples 0 and 1; ``draw(n, progress)`` before ``amortise.high_first``
     of the run puts half of them on the high end and none on the low one instead. With
     ``amortise.normalise`` the returned weights of every term (the fixed ones too) are
