@@ -71,8 +71,9 @@ def save_at_weights(path: str | Path, ck: Checkpoint, values: dict[str, float]) 
 # Keys a checkpoint's config may lack because they came after it was written, with the value
 # that reproduces the run that wrote it (today's default differs): amortise.film_head came
 # with default off and is on for FiLM networks now; train.ema came with 0 (off) and is 0.999
-# now, so a run from before it resumes without an average, as it trained.
-ADDED_LATER = {"amortise.film_head": False, "train.ema": 0.0}
+# now, so a run from before it resumes without an average, as it trained; amortise.end_high
+# came with 0.5 (as many end draws on each end) and is 1.0 now.
+ADDED_LATER = {"amortise.film_head": False, "train.ema": 0.0, "amortise.end_high": 0.5}
 
 
 def _with_keys_added_later(conf: Any) -> Any:

@@ -231,7 +231,7 @@ class AmortiseConfig:
         and 6T, fp32 and wide bf16) +0.003 to +0.009 Dice at 10, within 0.003 at 0.01 and
         0.316 with SDlogJ 0.73-0.83x (docs/amortised.md, item 12). The price is the weight's
         meaning: below the high end the network is smoother than an ordinary network trained
-        at the same weight (0.6-0.9x its SDlogJ at 0.316), so choose the weight on the
+        at the same weight (0.59-0.72x its SDlogJ at 0.316), so choose the weight on the
         network itself (``regtune search-weights``), not from an ordinary network's.
     high_first: a curriculum: for this share of the run (its progress, as the learning-rate
         schedule counts it: steps of ``epochs x steps_per_epoch`` or the ``max_minutes``

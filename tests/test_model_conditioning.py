@@ -150,7 +150,9 @@ def test_a_checkpoint_from_before_film_head_loads_as_the_network_it_was(tmp_path
     blob = torch.load(p, weights_only=True)
     del blob["config"]["amortise"]["film_head"]  # the key did not exist when it was written
     del blob["config"]["train"]["ema"]  # nor did the weight average (default 0 then, 0.999 now)
+    del blob["config"]["amortise"]["end_high"]  # nor the split of the end draws (half on each end then)
     torch.save(blob, p)
     ck = load_checkpoint(p)
     assert ck.config.amortise.head_scaled is False and ck.model().conditioner.n_head == 0
     assert ck.config.train.ema == 0.0 and Config().train.ema == 0.999
+    assert ck.config.amortise.end_high == 0.5 and Config().amortise.end_high == 1.0
