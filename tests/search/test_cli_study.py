@@ -77,7 +77,10 @@ def test_ctrl_c_then_resume_then_promote_then_train_from_study(synth_dir, tmp_pa
     state = runs / "studies" / "sig" / "mlflow.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text()).get("finished"):
+        # interrupt once a trial has finished *and* a later one is running: the first two
+        # trials can finish together, and a Ctrl-C between trials interrupts none
+        st = json.loads(state.read_text()) if state.is_file() else {}
+        if st.get("finished") and set(st.get("trials", {})) - set(st["finished"]):
             break
         time.sleep(0.3)
     assert proc.poll() is None, "the study ended before it could be interrupted"
