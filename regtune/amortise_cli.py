@@ -76,6 +76,15 @@ SEARCH_EPILOG = textwrap.dedent("""\
       re-scored on all validation pairs and the best of those is chosen. The chosen
       setting is then scored once on the test pairs (held out; never used to choose).
 
+    against your own network (--match PT):
+      a weight means different things in a conditional and an ordinary network (below the
+      strong end of its range the conditional one is smoother at the same number), so
+      compare them at equal roughness: --match scores PT (any checkpoint of the same
+      split) on all validation pairs and caps SDlogJ and folding at its own there; the
+      chosen weight is then no rougher than PT on those pairs. PT is scored on the test
+      pairs too, beside the chosen weight, with the paired test Dice difference (held
+      out: reported, never used to choose).
+
     writes (--out, default next to the checkpoint: weight-search/):
       curve.png     Dice and SDlogJ against the weight (log axis), no-registration level,
                     settings that break the constraints shaded, the choice marked
@@ -90,6 +99,7 @@ SEARCH_EPILOG = textwrap.dedent("""\
     examples:
       regtune search-weights --checkpoint RUN/best.pt --data ../shared/data/learn2reg-hippocampus
       regtune search-weights --checkpoint RUN/best.pt --max-sdlogj 0.08 --no-folding-limit --n 400
+      regtune search-weights --checkpoint RUN/best.pt --match ORDINARY/best.pt   # better than it, no rougher?
     """)
 
 
@@ -102,10 +112,13 @@ def add_commands(sub) -> None:
     s.add_argument("--data", metavar="DIR", help="Learn2Reg-layout folder (default: the checkpoint's data.root)")
     s.add_argument("--n", type=int, default=256, help="weight settings to try (default 256)")
     s.add_argument("--pairs", type=int, default=8, help="validation pairs each setting is scored on (default 8; 0 = all)")
-    s.add_argument("--max-folding-pct", type=float, default=0.05, metavar="PCT",
-                   help="constraint: %% of folding voxels at most this (default 0.05)")
+    s.add_argument("--max-folding-pct", type=float, metavar="PCT",
+                   help="constraint: %% of folding voxels at most this (default 0.05; with --match, the reference's)")
     s.add_argument("--no-folding-limit", action="store_true", help="no folding constraint")
     s.add_argument("--max-sdlogj", type=float, metavar="S", help="constraint: SDlogJ at most this (default: none)")
+    s.add_argument("--match", metavar="PT",
+                   help="a reference checkpoint of the same split (e.g. an ordinary network): cap SDlogJ and folding at "
+                        "its own on the validation pairs, and report its test scores and the paired test Dice difference")
     s.add_argument("--refine", type=int, default=5, help="best feasible settings re-scored on all validation pairs (default 5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", metavar="DIR", help="default: <checkpoint folder>/weight-search")
@@ -123,7 +136,7 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_at_weights
     from .data.dataset import load_folder
     from .data.source import data_root
-    from .errors import DataError
+    from .errors import ConfigError, DataError
     from .train import pick_device
     from .search.weight_outputs import track, write_outputs
     from .search.weight_results import SearchSettings
@@ -131,12 +144,15 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
 
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config
+    if args.match and args.max_sdlogj is not None:
+        raise ConfigError(f"--match caps SDlogJ at {args.match}'s own on the validation pairs; give --match or --max-sdlogj, "
+                          f"not both")
+    if args.no_folding_limit and args.max_folding_pct is not None:
+        raise ConfigError("--no-folding-limit and --max-folding-pct contradict each other; give one")
+    folding = None if args.no_folding_limit else (0.05 if args.max_folding_pct is None else args.max_folding_pct)
     settings = SearchSettings(n=args.n, pairs=args.pairs, refine=args.refine, seed=args.seed,
-                              max_folding_pct=None if args.no_folding_limit else args.max_folding_pct,
-                              max_sdlogj=args.max_sdlogj)
+                              max_folding_pct=folding, max_sdlogj=args.max_sdlogj)
     if not ck.extra.get("amortised"):
-        from .errors import ConfigError
-
         raise ConfigError(f"{args.checkpoint}: an ordinary network, its loss weights are baked in; train with "
                           f"--amortise loss.reg_weight=LOW:HIGH[:log] to search them at inference")
     root = Path(args.data) if args.data else data_root(cfg.data, Path(args.runs_dir) / "synthetic")
@@ -153,10 +169,20 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
 
         model = model.to(memory_format=torch.channels_last_3d)
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    reference = None
+    if args.match:
+        from .search.weight_match import load_reference, matched_settings
+
+        reference = load_reference(args.match, ck, vols, val, device)
+        # the reference's roughness on the same pairs caps the search; an explicit folding flag still rules
+        settings = matched_settings(settings, reference, folding=args.max_folding_pct is None and not args.no_folding_limit)
+        r = reference.val
+        print(f"--match {args.match}: on all {len(val)} validation pairs Dice {r['dice']:.4f}, SDlogJ {r['sdlogj']:.4f}, "
+              f"folding {r['folding_pct']:.4f}%: the search's caps", file=sys.stderr)
     print(f"regtune search-weights: {settings.n} settings of {', '.join(ck.extra['amortised']['specs'])} on "
           f"{min(settings.pairs or len(val), len(val))} of {len(val)} validation pairs; constraints {settings.describe()}",
           file=sys.stderr)
-    res = search_weights(model, cfg, vols, val, settings, device=device, test_pairs=test, log=log)
+    res = search_weights(model, cfg, vols, val, settings, device=device, test_pairs=test, log=log, reference=reference)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "weight-search"
     paths = write_outputs(out, res, model, cfg, vols, checkpoint=str(args.checkpoint), device=device)
     chosen_pt = save_at_weights(out / "chosen.pt", ck, res.chosen.values)  # not an MLflow artifact: it is the checkpoint again
@@ -194,7 +220,18 @@ def format_result(res) -> str:
 
     lines.append(row(f"val ({len(res.val_pairs)}) no registration", res.noreg_val))
     lines.append(row(f"val ({len(res.val_pairs)}) chosen", c.metrics))
+    ref = res.reference
+    if ref:
+        lines.append(row(f"val ({len(res.val_pairs)}) --match reference", ref["val"]))
     if res.test:
         lines.append(row(f"test ({res.test_pairs}) no registration", res.test_noreg))
         lines.append(row(f"test ({res.test_pairs}) chosen, held out", res.test))
+        if ref and ref["test"]:
+            lines.append(row(f"test ({res.test_pairs}) --match reference", ref["test"]))
+    if ref:
+        lines.append(f"reference: {ref['checkpoint']}")
+        d = ref.get("test_dice_diff")
+        if d:
+            lines.append(f"test Dice, chosen - reference: {d['diff']:+.4f} ± {d['se']:.4f} (paired over {d['n']} pairs; "
+                         f"chosen better on {d['a_better']}, reference on {d['b_better']})")
     return "\n".join(lines)

@@ -125,3 +125,66 @@ def test_save_at_weights_records_a_weight_inside_the_range_and_refuses_an_ordina
     with pytest.raises(ConfigError, match="ordinary network"):
         save_at_weights(tmp_path / "no.pt", load_checkpoint(cli_runs / "ordinary" / "best.pt"), {"loss.reg_weight": 2.0})
     assert not (tmp_path / "no.pt").exists()
+
+
+def test_cli_search_weights_matched_to_a_reference_network(cli_runs, synth_dir, tmp_path, capsys):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from regtune.cli import main
+
+    ck, ordinary = cli_runs / "amortised" / "best.pt", cli_runs / "ordinary" / "best.pt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    assert main(["search-weights", "--checkpoint", str(ck), "--data", str(synth_dir), "--n", "6", "--pairs", "1",
+                 "--refine", "2", "--out", str(tmp_path / "ws"), "--tracking-uri", uri, "--match", str(ordinary),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "ws" / "result.json").read_text())
+    ref = res["reference"]
+    # the caps are the reference's own validation SDlogJ and folding, and a feasible choice keeps to them
+    assert res["settings"]["max_sdlogj"] == ref["val"]["sdlogj"] and res["settings"]["max_folding_pct"] == ref["val"]["folding_pct"]
+    assert res["chosen_feasible"]
+    assert res["chosen_val"]["sdlogj"] <= ref["val"]["sdlogj"] and res["chosen_val"]["folding_pct"] <= ref["val"]["folding_pct"]
+    # the reference's held-out scores are what `regtune evaluate` gives it on the same pairs
+    assert main(["evaluate", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    ev = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert ev["pairs"] == res["test_pairs"] == ref["test_dice_diff"]["n"]
+    assert ref["test"]["dice"] == pytest.approx(ev["registered"]["dice"], abs=1e-6)
+    assert ref["test"]["sdlogj"] == pytest.approx(ev["registered"]["sdlogj"], rel=1e-4)
+    assert ref["test_dice_diff"]["diff"] == pytest.approx(res["test"]["dice"] - ref["test"]["dice"], abs=1e-9)
+    assert "--match reference" in out and "test Dice, chosen - reference:" in out
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("weight-search").experiment_id])[0]
+    assert run.data.params["match"] == str(ordinary)
+    assert run.data.metrics["ref_val_sdlogj"] == pytest.approx(ref["val"]["sdlogj"])
+    assert run.data.metrics["chosen_minus_ref_test_dice"] == pytest.approx(ref["test_dice_diff"]["diff"])
+    # an explicit folding flag still rules; --no-folding-limit drops the folding cap
+    assert main(["search-weights", "--checkpoint", str(ck), "--data", str(synth_dir), "--n", "4", "--pairs", "1",
+                 "--refine", "1", "--out", str(tmp_path / "ws2"), "--no-mlflow", "--no-test", "--match", str(ordinary),
+                 "--no-folding-limit", "--quiet"]) == 0
+    res2 = json.loads((tmp_path / "ws2" / "result.json").read_text())
+    assert res2["settings"]["max_folding_pct"] is None and res2["settings"]["max_sdlogj"] == ref["val"]["sdlogj"]
+    assert res2["reference"]["test"] == {} and res2["reference"]["test_dice_diff"] is None
+
+
+def test_search_weights_match_refuses_another_split_and_a_second_cap(cli_runs, synth_dir, tmp_path, capsys):
+    from regtune.cli import main
+
+    ck, ordinary = cli_runs / "amortised" / "best.pt", cli_runs / "ordinary" / "best.pt"
+    blob = torch.load(ordinary, weights_only=True)
+    blob["val_pairs"] = blob["val_pairs"][::-1] + [["synth_001.nii.gz", "synth_002.nii.gz"]]
+    torch.save(blob, tmp_path / "other.pt")
+    blob = torch.load(ordinary, weights_only=True)
+    blob["config"]["data"]["mask_padding"] = True
+    torch.save(blob, tmp_path / "masked.pt")
+    base = ["search-weights", "--checkpoint", str(ck), "--data", str(synth_dir), "--n", "4", "--no-mlflow",
+            "--out", str(tmp_path / "never")]
+    for flags, says in ((["--match", str(tmp_path / "other.pt")], "its val pairs are not the searched checkpoint's"),
+                        (["--match", str(tmp_path / "masked.pt")], "data.mask_padding is True there and False in the searched"),
+                        (["--match", str(ordinary), "--max-sdlogj", "1"], "give --match or --max-sdlogj, not both"),
+                        (["--no-folding-limit", "--max-folding-pct", "0.1"], "contradict each other")):
+        capsys.readouterr()
+        assert main(base + flags) == 2
+        assert says in _one_line_error(capsys)
+    assert not (tmp_path / "never").exists()

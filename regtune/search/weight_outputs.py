@@ -197,7 +197,8 @@ def track(res: SearchResult, uri: str, experiment: str = "weight-search", checkp
     params = {"checkpoint": checkpoint, "ranges": " ".join(s["ranges"]), "objective": s["objective"],
               "constraints": s["constraints"], "n": res.settings.n, "search_pairs": len(res.search_pairs),
               "val_pairs": len(res.val_pairs), "seed": res.settings.seed,
-              **{f"chosen.{k}": f"{v:.6g}" for k, v in res.chosen.values.items()}}
+              **{f"chosen.{k}": f"{v:.6g}" for k, v in res.chosen.values.items()},
+              **({"match": res.reference["checkpoint"]} if res.reference else {})}
     client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     ts = int(time.time() * 1000)
     metrics = []
@@ -211,6 +212,10 @@ def track(res: SearchResult, uri: str, experiment: str = "weight-search", checkp
                **{f"chosen_val_{k}": v for k, v in res.chosen.metrics.items()}, "chosen_score": res.chosen.score,
                **{f"chosen_test_{k}": v for k, v in res.test.items()},
                **{f"noreg_val_{k}": v for k, v in res.noreg_val.items()}}
+    if res.reference:  # --match: the reference's scores, and chosen - reference on the test pairs
+        ref, d = res.reference, res.reference.get("test_dice_diff")
+        summary.update({**{f"ref_val_{k}": v for k, v in ref["val"].items()}, **{f"ref_test_{k}": v for k, v in ref["test"].items()},
+                        **({"chosen_minus_ref_test_dice": d["diff"], "chosen_minus_ref_test_dice_se": d["se"]} if d else {})})
     metrics += [Metric(k, float(v), ts, 0) for k, v in summary.items() if isinstance(v, (int, float)) and math.isfinite(v)]
     for i in range(0, len(metrics), 900):
         client.log_batch(rid, metrics=metrics[i: i + 900])

@@ -100,6 +100,9 @@ class SearchResult:
     test_noreg: dict[str, float] = field(default_factory=dict)
     test_pairs: int = 0
     any_feasible: bool = True
+    # with --match: the reference's checkpoint, val and test scores, and the paired test Dice
+    # difference chosen - reference (regtune.compare.Paired's fields; None without test pairs)
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"keys": [r.key for r in self.ranges], "ranges": [r.spec for r in self.ranges],
@@ -111,4 +114,4 @@ class SearchResult:
                 "chosen": self.chosen.values, "chosen_val": self.chosen.metrics, "chosen_score": self.chosen.score,
                 "chosen_feasible": self.chosen.feasible, "any_feasible": self.any_feasible,
                 "noreg_val": self.noreg_val, "test": self.test, "test_noreg": self.test_noreg,
-                "test_pairs": self.test_pairs}
+                "test_pairs": self.test_pairs, **({"reference": self.reference} if self.reference else {})}

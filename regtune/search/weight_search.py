@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -29,6 +30,9 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_pairs, summarise
 from ..objective import Objective
 from .weight_results import CURVE_KEYS, Point, SearchResult, SearchSettings
+
+if TYPE_CHECKING:
+    from .weight_match import Reference
 
 def _metrics(rows: list[dict]) -> dict[str, float]:
     s = summarise(rows)
@@ -117,9 +121,13 @@ def _best(points: list[Point]) -> Point:
 
 def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: SearchSettings | None = None,
                    objective: Objective | None = None, device: torch.device | str = "cpu",
-                   test_pairs: list[Pair] | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+                   test_pairs: list[Pair] | None = None, log: Callable[[str], None] | None = None,
+                   reference: Reference | None = None) -> SearchResult:
     """Search the amortised weights of ``model`` (trained with config ``cfg``) on
-    ``val_pairs``; score the choice on ``test_pairs`` when given (held out)."""
+    ``val_pairs``; score the choice on ``test_pairs`` when given (held out). With a
+    ``reference`` (:func:`regtune.search.weight_match.load_reference`; its caps already in
+    ``settings``), the reference is scored on the test pairs too and the result holds the
+    paired test Dice difference."""
     import optuna
 
     st = settings or SearchSettings()
@@ -190,9 +198,17 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
     res = SearchResult(rs, st, objective, points, refined, chosen, noreg, noreg_val, seconds, refine_seconds,
                        search_pairs, val_pairs, any_feasible=any(p.feasible for p in points))
     if test_pairs:
-        res.test = scorer(chosen.values, list(test_pairs), with_hd95=True)
+        rows = scorer.rows(chosen.values, list(test_pairs), with_hd95=True)
+        res.test = _metrics(rows)
         res.test_noreg = _metrics(evaluate_pairs(None, vols, list(test_pairs)))
         res.test_pairs = len(test_pairs)
+    if reference is not None:
+        from .weight_match import paired_test_dice
+
+        if test_pairs:
+            reference.score_test(vols, list(test_pairs), device)
+        diff = paired_test_dice(rows if test_pairs else [], reference)
+        res.reference = {**reference.summary(), "test_dice_diff": asdict(diff) if diff else None}
     scorer.model.conditioner.set_values(chosen.values)
     return res
 

@@ -52,3 +52,29 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     assert len(curve) == 12 and [m.value for m in sorted(curve, key=lambda m: m.step)] == sorted(xs)
     assert len(client.get_metric_history(rid, "curve_dice")) == 12 and "chosen_test_dice" in run.data.metrics
     assert {a.path for a in client.list_artifacts(rid)} >= {"curve.png", "overlays.png", "points.csv", "chosen.yaml"}
+
+
+def test_a_search_matched_to_a_reference_is_no_rougher_and_reports_the_paired_difference(film_run, vols, tmp_path):
+    from regtune.checkpoint import save_at_weights
+    from regtune.search import weight_search as ws
+    from regtune.search.weight_match import load_reference, matched_settings
+
+    ck = load_checkpoint(film_run / "best.pt")
+    val = [(vols.index(f), vols.index(m)) for f, m in ck.extra["val_pairs"]]
+    test = [(vols.index(f), vols.index(m)) for f, m in ck.extra["test_pairs"]]
+    # the reference: the same network fixed at reg_weight 1 (a checkpoint of the same split, as an ordinary one would be)
+    ref_pt = save_at_weights(tmp_path / "ref.pt", ck, {"loss.reg_weight": 1.0})
+    scorer = ws.WeightScorer(ck.model(), ck.config, vols)
+    at_1 = scorer({"loss.reg_weight": 1.0}, val, with_hd95=True)
+    ref = load_reference(ref_pt, ck, vols, val)
+    assert all(ref.val[k] == pytest.approx(at_1[k], rel=1e-6, abs=1e-9) for k in ("dice", "hd95", "sdlogj", "folding_pct"))
+    st = matched_settings(ws.SearchSettings(n=12, pairs=1, per_round=4, refine=3), ref)
+    assert (st.max_sdlogj, st.max_folding_pct) == (ref.val["sdlogj"], ref.val["folding_pct"]) and at_1["sdlogj"] > 0
+    res = ws.search_weights(ck.model(), ck.config, vols, val, st, test_pairs=test, reference=ref)
+    # feasible on all validation pairs: no rougher than the reference there (the weights above 1 are smoother)
+    assert res.chosen.feasible and res.chosen.metrics["sdlogj"] <= ref.val["sdlogj"]
+    d = res.reference["test_dice_diff"]
+    at_1_test = scorer({"loss.reg_weight": 1.0}, test)
+    assert res.reference["test"]["dice"] == pytest.approx(at_1_test["dice"], abs=1e-9) and d["n"] == len(test)
+    assert d["diff"] == pytest.approx(res.test["dice"] - at_1_test["dice"], abs=1e-9)
+    assert res.summary()["reference"]["checkpoint"] == str(ref_pt)

@@ -1,0 +1,112 @@
+"""A reference network for an inference-time weight search (``regtune search-weights --match``).
+
+The question a user with an ordinary network asks of a conditional one is not "which
+weight scores best?" but "at no more roughness than my network, does it register better?".
+A loss weight means different things in the two networks (a conditional network below the
+strong end of its range is smoother than an ordinary one trained at the same weight), so
+comparing them at the same number is not that question. :func:`load_reference` scores
+the reference network on the conditional checkpoint's own validation pairs; its SDlogJ
+and folding there become the search's caps (:func:`matched_settings`), so the weight is
+chosen on validation pairs alone. The reference's test scores, and the paired test Dice
+difference (:func:`paired_test_dice`), are reported beside the chosen weight's and never
+used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.dataset import Volumes
+from ..data.pairs import Pair
+from ..errors import ConfigError
+from ..evaluate import evaluate_pairs
+from .weight_results import SearchSettings
+
+
+# data.* keys that change the images or labels a network is scored on
+IMAGE_KEYS = ("clip_low", "clip_high", "normalise", "mask_padding", "labels")
+
+
+@dataclass
+class Reference:
+    """The reference network and its scores on the conditional checkpoint's pairs."""
+
+    checkpoint: str
+    model: Any  # the reference's network (RegNet), evaluated at its own training resolution
+    downsample: int
+    val: dict[str, float] = field(default_factory=dict)  # on all validation pairs (the caps come from here)
+    test: dict[str, float] = field(default_factory=dict)  # on the test pairs (reported only)
+    test_rows: list[dict] = field(default_factory=list)
+
+    def rows(self, vols: Volumes, pairs: list[Pair], device: torch.device | str = "cpu") -> list[dict]:
+        """Per-pair scores at full resolution with HD95, as ``regtune evaluate`` computes them."""
+        return evaluate_pairs(self.model, vols, list(pairs), self.downsample, device, batch_size=8, with_hd95=True,
+                              channels_last=torch.device(device).type == "cpu")
+
+    def score_test(self, vols: Volumes, test: list[Pair], device: torch.device | str = "cpu") -> None:
+        """The held-out scores on ``test``; reported beside the chosen weight's, never used to choose."""
+        from .weight_search import _metrics
+
+        self.test_rows = self.rows(vols, test, device)
+        self.test = _metrics(self.test_rows)
+
+    def summary(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "val": self.val, "test": self.test}
+
+
+def _key(pairs: list | None) -> list[tuple[str, str]]:
+    return [tuple(p) for p in pairs or []]
+
+
+def load_reference(path: str | Path, ck, vols: Volumes, val: list[Pair], device: torch.device | str = "cpu") -> Reference:
+    """The reference checkpoint at ``path`` (any regtune checkpoint) scored on the validation
+    pairs ``val`` of the conditional checkpoint ``ck``. Refuses, in one line, a reference
+    trained on another split: its validation or test pairs would differ, and "held out"
+    would not mean the same pairs for both."""
+    from ..checkpoint import load_checkpoint
+    from .weight_search import _metrics
+
+    ref = load_checkpoint(path)
+    for what in ("val_pairs", "test_pairs"):
+        if _key(ref.extra.get(what)) != _key(ck.extra.get(what)):
+            raise ConfigError(f"--match {path}: its {what.replace('_', ' ')} are not the searched checkpoint's; train "
+                              f"both on the same data with the same data.* split settings (split_seed, val_/test_subjects, "
+                              f"val_/test_pairs)")
+    for k in IMAGE_KEYS:  # the volumes are prepared by the searched checkpoint's data config
+        a, b = getattr(ref.config.data, k), getattr(ck.config.data, k)
+        if a != b:
+            raise ConfigError(f"--match {path}: data.{k} is {a!r} there and {b!r} in the searched checkpoint; the two would "
+                              f"see different images: compare networks trained with the same data.{k}")
+    out = Reference(str(path), ref.model(device), ref.config.data.downsample)
+    out.val = _metrics(out.rows(vols, val, device))
+    return out
+
+
+def matched_settings(settings: SearchSettings, ref: Reference, folding: bool = True) -> SearchSettings:
+    """``settings`` capped at the reference's validation SDlogJ and (with ``folding``) its
+    folding %: the chosen weight is no rougher than the reference on the same pairs.
+    Without ``folding`` the settings' own folding limit stays (a user's explicit one, or none)."""
+    val = ref.val
+    if not (math.isfinite(val.get("sdlogj", math.nan)) and math.isfinite(val.get("folding_pct", math.nan))):
+        raise ConfigError(f"--match {ref.checkpoint}: its validation SDlogJ / folding are not finite ({val.get('sdlogj')}, "
+                          f"{val.get('folding_pct')}); it is no reference for roughness")
+    return replace(settings, max_sdlogj=val["sdlogj"], max_folding_pct=val["folding_pct"] if folding else settings.max_folding_pct)
+
+
+def paired_test_dice(chosen_rows: list[dict], ref: Reference):
+    """Test Dice, chosen weight minus reference, paired over the test pairs
+    (:class:`regtune.compare.Paired`); ``None`` without test rows."""
+    from ..compare import compare
+
+    if not chosen_rows or not ref.test_rows:
+        return None
+
+    def by_pair(rows):
+        return {(r["fixed"], r["moving"]): r for r in rows}
+
+    return compare(by_pair(chosen_rows), by_pair(ref.test_rows), ("dice",), ("chosen", "reference"))[0]
