@@ -53,6 +53,9 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
         ax2 = ax.twinx()
         ax2.plot(x, sd, "s" + style, ms=2.0, lw=1.2, color="C3", label="SDlogJ")
         ax2.set_ylabel("SDlogJ = std(log det J)", color="C3")
+        if res.settings.max_sdlogj is not None:  # the cap (with --match: the reference's own on all val pairs)
+            ref = f" = {Path(res.reference['checkpoint']).parent.name}'s on all val pairs" if res.reference else ""
+            ax2.axhline(res.settings.max_sdlogj, color="C3", ls="--", lw=1, label=f"SDlogJ cap {res.settings.max_sdlogj:.3g}{ref}")
         ax2.set_ylim(bottom=0)
         if len(rs) == 1 and bad.any():  # shade the infeasible stretches of the range
             edges = np.sqrt(x[1:] * x[:-1]) if r.log else 0.5 * (x[1:] + x[:-1])
