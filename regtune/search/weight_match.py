@@ -25,7 +25,7 @@ from ..data.dataset import Volumes
 from ..data.pairs import Pair
 from ..errors import ConfigError
 from ..evaluate import evaluate_pairs
-from .weight_results import SearchSettings
+from .weight_results import SearchSettings, mean_scores
 
 
 # data.* keys that change the images or labels a network is scored on
@@ -50,10 +50,8 @@ class Reference:
 
     def score_test(self, vols: Volumes, test: list[Pair], device: torch.device | str = "cpu") -> None:
         """The held-out scores on ``test``; reported beside the chosen weight's, never used to choose."""
-        from .weight_search import _metrics
-
         self.test_rows = self.rows(vols, test, device)
-        self.test = _metrics(self.test_rows)
+        self.test = mean_scores(self.test_rows)
 
     def summary(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "val": self.val, "test": self.test}
@@ -69,7 +67,6 @@ def load_reference(path: str | Path, ck, vols: Volumes, val: list[Pair], device:
     trained on another split: its validation or test pairs would differ, and "held out"
     would not mean the same pairs for both."""
     from ..checkpoint import load_checkpoint
-    from .weight_search import _metrics
 
     ref = load_checkpoint(path)
     for what in ("val_pairs", "test_pairs"):
@@ -83,7 +80,7 @@ def load_reference(path: str | Path, ck, vols: Volumes, val: list[Pair], device:
             raise ConfigError(f"--match {path}: data.{k} is {a!r} there and {b!r} in the searched checkpoint; the two would "
                               f"see different images: compare networks trained with the same data.{k}")
     out = Reference(str(path), ref.model(device), ref.config.data.downsample)
-    out.val = _metrics(out.rows(vols, val, device))
+    out.val = mean_scores(out.rows(vols, val, device))
     return out
 
 

@@ -16,6 +16,15 @@ from ..objective import Objective
 CURVE_KEYS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
 
+def mean_scores(rows: list[dict]) -> dict[str, float]:
+    """The means over pairs of the per-pair rows of :func:`regtune.evaluate.evaluate_pairs`
+    that a search reports (the curve's metrics, Dice's spread and its 30th percentile)."""
+    from ..evaluate import summarise
+
+    s = summarise(rows)
+    return {k: s.get(k, math.nan) for k in (*CURVE_KEYS, "dice_std", "dice30")}
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """n: weight settings tried; pairs: validation pairs each is scored on (0 = all; the

@@ -27,17 +27,12 @@ from ..amortise import describe, ranges_of
 from ..data.dataset import Volumes
 from ..data.pairs import Pair
 from ..errors import ConfigError
-from ..evaluate import evaluate_pairs, summarise
+from ..evaluate import evaluate_pairs
 from ..objective import Objective
-from .weight_results import CURVE_KEYS, Point, SearchResult, SearchSettings
+from .weight_results import Point, SearchResult, SearchSettings, mean_scores
 
 if TYPE_CHECKING:
     from .weight_match import Reference
-
-def _metrics(rows: list[dict]) -> dict[str, float]:
-    s = summarise(rows)
-    return {k: s.get(k, math.nan) for k in (*CURVE_KEYS, "dice_std", "dice30")}
-
 
 class WeightScorer:
     """Scores one conditional network at given loss weights on a pair list (the
@@ -63,7 +58,7 @@ class WeightScorer:
                                   channels_last=self.channels_last)
 
     def __call__(self, values: dict[str, float], pairs: list[Pair], with_hd95: bool = False) -> dict[str, float]:
-        return _metrics(self.rows(values, pairs, with_hd95))
+        return mean_scores(self.rows(values, pairs, with_hd95))
 
     @torch.inference_mode()
     def many(self, settings: list[dict[str, float]], pairs: list[Pair]) -> list[dict[str, float]]:
@@ -101,7 +96,7 @@ class WeightScorer:
             for j in range(k):
                 rows = [score_pair(flab[b], wlab[j * n_p + b], d_np[j * n_p + b], vols.label_values, vols.spacing,
                                    with_hd95=False, moving_lab=mlab_np[b]).row() for b in range(n_p)]
-                out.append(_metrics(rows))
+                out.append(mean_scores(rows))
         return out
 
 
@@ -153,7 +148,7 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
         for v in rs[0].grid(n_grid):
             study.enqueue_trial({rs[0].key: v})
     dists = {r.key: optuna.distributions.FloatDistribution(r.low, r.high, log=r.log) for r in rs}
-    noreg = _metrics(evaluate_pairs(None, vols, search_pairs, with_hd95=False))
+    noreg = mean_scores(evaluate_pairs(None, vols, search_pairs, with_hd95=False))
     points: list[Point] = []
     t0 = time.perf_counter()
     while len(points) < st.n:
@@ -193,21 +188,22 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
         chosen = _point(chosen.values, scorer(chosen.values, val_pairs, with_hd95=True), objective, st, chosen.trial,
                         len(val_pairs))
         refined = [chosen if p.trial == chosen.trial else p for p in refined]
-    noreg_val = _metrics(evaluate_pairs(None, vols, val_pairs))
+    noreg_val = mean_scores(evaluate_pairs(None, vols, val_pairs))
     refine_seconds = time.perf_counter() - t1
     res = SearchResult(rs, st, objective, points, refined, chosen, noreg, noreg_val, seconds, refine_seconds,
                        search_pairs, val_pairs, any_feasible=any(p.feasible for p in points))
+    test_rows: list[dict] = []
     if test_pairs:
-        rows = scorer.rows(chosen.values, list(test_pairs), with_hd95=True)
-        res.test = _metrics(rows)
-        res.test_noreg = _metrics(evaluate_pairs(None, vols, list(test_pairs)))
+        test_rows = scorer.rows(chosen.values, list(test_pairs), with_hd95=True)
+        res.test = mean_scores(test_rows)
+        res.test_noreg = mean_scores(evaluate_pairs(None, vols, list(test_pairs)))
         res.test_pairs = len(test_pairs)
     if reference is not None:
         from .weight_match import paired_test_dice
 
         if test_pairs:
             reference.score_test(vols, list(test_pairs), device)
-        diff = paired_test_dice(rows if test_pairs else [], reference)
+        diff = paired_test_dice(test_rows, reference)
         res.reference = {**reference.summary(), "test_dice_diff": asdict(diff) if diff else None}
     scorer.model.conditioner.set_values(chosen.values)
     return res
