@@ -211,11 +211,11 @@ def format_result(res) -> str:
     if not res.any_feasible:
         lines.append(f"warning: no setting met the constraints ({res.settings.describe()}); the least folding one is reported")
     lines.append(f"chosen: {describe(c.values)}  (objective {res.objective.describe()}; constraints {res.settings.describe()})")
-    hdr = f"{'':26s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold %':>7s}"
+    hdr = f"{'':29s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold %':>7s}"
     lines.append(hdr)
 
     def row(name, m):
-        return (f"{name:26s} {m.get('dice', float('nan')):6.3f} {m.get('hd95', float('nan')):6.2f} "
+        return (f"{name:29s} {m.get('dice', float('nan')):6.3f} {m.get('hd95', float('nan')):6.2f} "
                 f"{m.get('sdlogj', float('nan')):6.3f} {m.get('folding_pct', float('nan')):7.3f}")
 
     lines.append(row(f"val ({len(res.val_pairs)}) no registration", res.noreg_val))
