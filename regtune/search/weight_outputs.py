@@ -88,11 +88,11 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
         h2, l2 = ax2.get_legend_handles_labels()
         # below the axes, clear of the data
         ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    fig.suptitle(title or f"{len(res.points)} settings in {res.seconds:.0f} s; objective {res.objective.describe()}, "
+    fig.suptitle(title or f"{len(res.points)} settings in {res.seconds:.0f} s; objective {res.objective.describe()},\n"
                  f"constraints {res.settings.describe()}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long legends and titles stay inside the image
     plt.close(fig)
     return path
 
