@@ -88,6 +88,8 @@ SEARCH_EPILOG = textwrap.dedent("""\
     writes (--out, default next to the checkpoint: weight-search/):
       curve.png     Dice and SDlogJ against the weight (log axis), no-registration level,
                     settings that break the constraints shaded, the choice marked
+      tradeoff.png  Dice against SDlogJ of every setting (coloured by the weight), the choice
+                    starred; with --match the reference network on the same pairs
       overlays.png  one validation pair at the low end, the chosen weight, the high end
       points.csv    every setting tried with its scores; result.json the summary
       chosen.yaml   the training config at the chosen weights (an ordinary run at them)
@@ -193,7 +195,7 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
         uri = args.tracking_uri or sqlite_uri(Path(args.runs_dir) / "mlflow.db")
         rid = track(res, uri, args.experiment, checkpoint=str(args.checkpoint), artifacts=paths)
     print(format_result(res))
-    print(f"\nfiles: {out}/ (curve.png, overlays.png, points.csv, result.json, chosen.yaml, chosen.pt)")
+    print(f"\nfiles: {out}/ (curve.png, tradeoff.png, overlays.png, points.csv, result.json, chosen.yaml, chosen.pt)")
     if rid:
         print(f"MLflow: run {rid} in experiment '{args.experiment}' ({uri})")
     print(f"next: regtune evaluate --checkpoint {chosen_pt}" + (f" --data {args.data}" if args.data else "")

@@ -79,8 +79,8 @@ def test_cli_search_weights(cli_runs, synth_dir, tmp_path, capsys):
                  "--refine", "1", "--out", str(tmp_path / "ws"), "--tracking-uri", uri, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "chosen: loss.reg_weight=" in out and "held out" in out and "next: regtune evaluate" in out
-    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"curve.png", "overlays.png", "points.csv", "result.json", "chosen.yaml",
-                                                          "chosen.pt"}
+    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"curve.png", "tradeoff.png", "overlays.png", "points.csv", "result.json",
+                                                          "chosen.yaml", "chosen.pt"}
     # chosen.pt: the same network, registering at the chosen weight unless --set says otherwise
     chosen = json.loads((tmp_path / "ws" / "result.json").read_text())["chosen"]
     assert f"next: regtune evaluate --checkpoint {tmp_path / 'ws' / 'chosen.pt'}" in out

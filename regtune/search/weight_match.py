@@ -40,6 +40,7 @@ class Reference:
     model: Any  # the reference's network (RegNet), evaluated at its own training resolution
     downsample: int
     val: dict[str, float] = field(default_factory=dict)  # on all validation pairs (the caps come from here)
+    search: dict[str, float] = field(default_factory=dict)  # on the search's pairs (drawn against its curve)
     test: dict[str, float] = field(default_factory=dict)  # on the test pairs (reported only)
     test_rows: list[dict] = field(default_factory=list)
 
@@ -54,7 +55,7 @@ class Reference:
         self.test = mean_scores(self.test_rows)
 
     def summary(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "val": self.val, "test": self.test}
+        return {"checkpoint": self.checkpoint, "val": self.val, "search": self.search, "test": self.test}
 
 
 def _key(pairs: list | None) -> list[tuple[str, str]]:

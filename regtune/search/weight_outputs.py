@@ -97,6 +97,49 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
     return path
 
 
+def tradeoff_png(path: str | Path, res: SearchResult) -> Path:
+    """The trade-off itself: Dice against SDlogJ of every setting tried (search pairs),
+    coloured by the first amortised weight, the settings that break the constraints
+    hollow, the chosen setting starred; with ``--match`` the reference network on the
+    same pairs, so a curve above and left of it is better and smoother."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    plt = _plt()
+    path = Path(path)
+    r = res.ranges[0]
+    x = np.array([p.metrics["sdlogj"] for p in res.points])
+    y = np.array([p.metrics["dice"] for p in res.points])
+    lam = np.array([p.values[r.key] for p in res.points])
+    ok = np.array([p.feasible for p in res.points])
+    norm = LogNorm(r.low, r.high) if r.log and r.low > 0 else Normalize(r.low, r.high)
+    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    sc = ax.scatter(x[ok], y[ok], c=lam[ok], norm=norm, cmap="viridis", s=14, label="meets the constraints")
+    ax.scatter(x[~ok], y[~ok], facecolors="none", edgecolors=plt.get_cmap("viridis")(norm(lam[~ok])), s=14,
+               label=f"breaks {res.settings.describe()}")
+    fig.colorbar(sc, ax=ax, label=r.key + (" (log)" if r.log else ""))
+    on_curve = next((p for p in res.points if p.trial == res.chosen.trial), None)
+    if on_curve is not None:
+        ax.plot([on_curve.metrics["sdlogj"]], [on_curve.metrics["dice"]], "*", ms=16, color="gold", mec="k",
+                label=f"chosen {describe(res.chosen.values)}")
+    ref = res.reference
+    if ref and ref.get("search"):
+        ax.plot([ref["search"]["sdlogj"]], [ref["search"]["dice"]], "D", ms=9, color="C3", mec="k",
+                label=f"--match {Path(ref['checkpoint']).parent.name}")
+    if res.settings.max_sdlogj is not None:
+        ax.axvline(res.settings.max_sdlogj, color="C3", ls="--", lw=1,
+                   label=f"SDlogJ cap {res.settings.max_sdlogj:.3g}" + (" (reference, all val pairs)" if ref else ""))
+    ax.axhline(res.noreg["dice"], color="C0", ls=":", lw=1.2, label=f"no registration ({res.noreg['dice']:.3f})")
+    ax.set_xlabel("SDlogJ = std(log det J)  (smoother: left)")
+    ax.set_ylabel(f"Dice ({len(res.search_pairs)} validation pairs)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"accuracy against smoothness, {len(res.points)} weight settings of one network", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def overlays_png(path: str | Path, model, cfg, vols: Volumes, pair: Pair, settings: list[dict[str, float]],
                  device: torch.device | str = "cpu", title: str = "") -> Path:
     """One pair registered at each weight setting: a row per setting with the fixed
@@ -156,8 +199,8 @@ def write_outputs(out: str | Path, res: SearchResult, model, cfg, vols: Volumes,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"curve": curve_png(out / "curve.png", res), "points": out / "points.csv", "result": out / "result.json",
-             "config": out / "chosen.yaml"}
+    paths = {"curve": curve_png(out / "curve.png", res), "tradeoff": tradeoff_png(out / "tradeoff.png", res),
+             "points": out / "points.csv", "result": out / "result.json", "config": out / "chosen.yaml"}
     r0 = res.ranges[0]
     ends = [{r.key: (r.low if r is r0 else res.chosen.values[r.key]) for r in res.ranges}, res.chosen.values,
             {r.key: (r.high if r is r0 else res.chosen.values[r.key]) for r in res.ranges}]

@@ -201,6 +201,7 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
     if reference is not None:
         from .weight_match import paired_test_dice
 
+        reference.search = mean_scores(reference.rows(vols, search_pairs, device))  # beside the curve, on its pairs
         if test_pairs:
             reference.score_test(vols, list(test_pairs), device)
         diff = paired_test_dice(test_rows, reference)

@@ -51,7 +51,7 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     curve = client.get_metric_history(rid, "curve_lambda.loss.reg_weight")
     assert len(curve) == 12 and [m.value for m in sorted(curve, key=lambda m: m.step)] == sorted(xs)
     assert len(client.get_metric_history(rid, "curve_dice")) == 12 and "chosen_test_dice" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(rid)} >= {"curve.png", "overlays.png", "points.csv", "chosen.yaml"}
+    assert {a.path for a in client.list_artifacts(rid)} >= {"curve.png", "tradeoff.png", "overlays.png", "points.csv", "chosen.yaml"}
 
 
 def test_a_search_matched_to_a_reference_is_no_rougher_and_reports_the_paired_difference(film_run, vols, tmp_path):
@@ -78,3 +78,9 @@ def test_a_search_matched_to_a_reference_is_no_rougher_and_reports_the_paired_di
     assert res.reference["test"]["dice"] == pytest.approx(at_1_test["dice"], abs=1e-9) and d["n"] == len(test)
     assert d["diff"] == pytest.approx(res.test["dice"] - at_1_test["dice"], abs=1e-9)
     assert res.summary()["reference"]["checkpoint"] == str(ref_pt)
+    # drawn against the curve on the curve's own pairs
+    assert res.reference["search"]["dice"] == pytest.approx(scorer({"loss.reg_weight": 1.0}, res.search_pairs)["dice"], abs=1e-9)
+    from regtune.search import weight_outputs as wo
+
+    paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
+    assert paths["tradeoff"].stat().st_size > 0 and paths["curve"].stat().st_size > 0
