@@ -37,6 +37,7 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     # an impossible constraint: reported, the least-folding setting chosen
     strict = ws.search_weights(ck.model(), ck.config, vols, val, ws.SearchSettings(n=4, pairs=1, refine=1, max_sdlogj=0.0))
     assert not strict.any_feasible and not strict.chosen.feasible
+    assert wo.tradeoff_png(tmp_path / "strict.png", strict).stat().st_size > 0  # drawn with no feasible setting too
 
     paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
