@@ -128,9 +128,8 @@ def tradeoff_png(path: str | Path, res: SearchResult) -> Path:
     if res.settings.max_sdlogj is not None:
         ax.axvline(res.settings.max_sdlogj, color="C3", ls="--", lw=1,
                    label=f"SDlogJ cap {res.settings.max_sdlogj:.3g}" + (" (reference, all val pairs)" if ref else ""))
-    ax.axhline(res.noreg["dice"], color="C0", ls=":", lw=1.2, label=f"no registration ({res.noreg['dice']:.3f})")
     ax.set_xlabel("SDlogJ = std(log det J)  (smoother: left)")
-    ax.set_ylabel(f"Dice ({len(res.search_pairs)} validation pairs)")
+    ax.set_ylabel(f"Dice ({len(res.search_pairs)} validation pairs; no registration {res.noreg['dice']:.3f})")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"accuracy against smoothness, {len(res.points)} weight settings of one network", fontsize=9)
     fig.tight_layout()
