@@ -81,7 +81,10 @@ SEARCH_EPILOG = textwrap.dedent("""\
       strong end of its range the conditional one is smoother at the same number), so
       compare them at equal roughness: --match scores PT (any checkpoint of the same
       split) on all validation pairs and caps SDlogJ and folding at its own there; the
-      chosen weight is then no rougher than PT on those pairs. PT is scored on the test
+      chosen weight is then no rougher than PT on those pairs. SDlogJ has two common
+      definitions, std(log det J) and the organisers' std(log(det J + 3)); they weigh
+      compression and expansion differently and can disagree about which field is
+      smoother, so both are capped unless --match-roughness logdet|l2r says otherwise. PT is scored on the test
       pairs too, beside the chosen weight, with the paired test Dice difference (held
       out: reported, never used to choose).
 
@@ -117,10 +120,16 @@ def add_commands(sub) -> None:
     s.add_argument("--max-folding-pct", type=float, metavar="PCT",
                    help="constraint: %% of folding voxels at most this (default 0.05; with --match, the reference's)")
     s.add_argument("--no-folding-limit", action="store_true", help="no folding constraint")
-    s.add_argument("--max-sdlogj", type=float, metavar="S", help="constraint: SDlogJ at most this (default: none)")
+    s.add_argument("--max-sdlogj", type=float, metavar="S", help="constraint: SDlogJ = std(log det J) at most this (default: none)")
+    s.add_argument("--max-sdlogj-l2r", type=float, metavar="S",
+                   help="constraint: the organisers' SDlogJ, std(log(det J + 3)), at most this (default: none)")
     s.add_argument("--match", metavar="PT",
-                   help="a reference checkpoint of the same split (e.g. an ordinary network): cap SDlogJ and folding at "
-                        "its own on the validation pairs, and report its test scores and the paired test Dice difference")
+                   help="a reference checkpoint of the same split (e.g. an ordinary network): cap SDlogJ (both definitions) "
+                        "and folding at its own on the validation pairs, and report its test scores and the paired test "
+                        "Dice difference")
+    s.add_argument("--match-roughness", choices=("both", "logdet", "l2r"),
+                   help="with --match: which SDlogJ to cap, std(log det J) ('logdet'), the organisers' std(log(det J + 3)) "
+                        "('l2r') or both (default)")
     s.add_argument("--refine", type=int, default=5, help="best feasible settings re-scored on all validation pairs (default 5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", metavar="DIR", help="default: <checkpoint folder>/weight-search")
@@ -146,14 +155,16 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
 
     ck = load_checkpoint(args.checkpoint)
     cfg = ck.config
-    if args.match and args.max_sdlogj is not None:
-        raise ConfigError(f"--match caps SDlogJ at {args.match}'s own on the validation pairs; give --match or --max-sdlogj, "
-                          f"not both")
+    if args.match and (args.max_sdlogj is not None or args.max_sdlogj_l2r is not None):
+        raise ConfigError(f"--match caps SDlogJ at {args.match}'s own on the validation pairs; give --match or "
+                          f"--max-sdlogj/--max-sdlogj-l2r, not both (--match-roughness picks the definitions it caps)")
+    if args.match_roughness and not args.match:
+        raise ConfigError("--match-roughness chooses what --match caps; give --match PT too")
     if args.no_folding_limit and args.max_folding_pct is not None:
         raise ConfigError("--no-folding-limit and --max-folding-pct contradict each other; give one")
     folding = None if args.no_folding_limit else (0.05 if args.max_folding_pct is None else args.max_folding_pct)
     settings = SearchSettings(n=args.n, pairs=args.pairs, refine=args.refine, seed=args.seed,
-                              max_folding_pct=folding, max_sdlogj=args.max_sdlogj)
+                              max_folding_pct=folding, max_sdlogj=args.max_sdlogj, max_sdlogj_l2r=args.max_sdlogj_l2r)
     if not ck.extra.get("amortised"):
         raise ConfigError(f"{args.checkpoint}: an ordinary network, its loss weights are baked in; train with "
                           f"--amortise loss.reg_weight=LOW:HIGH[:log] to search them at inference")
@@ -177,10 +188,12 @@ def cmd_search_weights(args: argparse.Namespace) -> int:
 
         reference = load_reference(args.match, ck, vols, val, device)
         # the reference's roughness on the same pairs caps the search; an explicit folding flag still rules
-        settings = matched_settings(settings, reference, folding=args.max_folding_pct is None and not args.no_folding_limit)
+        settings = matched_settings(settings, reference, folding=args.max_folding_pct is None and not args.no_folding_limit,
+                                    roughness=args.match_roughness or "both")
         r = reference.val
         print(f"--match {args.match}: on all {len(val)} validation pairs Dice {r['dice']:.4f}, SDlogJ {r['sdlogj']:.4f}, "
-              f"folding {r['folding_pct']:.4f}%: the search's caps", file=sys.stderr)
+              f"SDlogJ (L2R) {r['sdlogj_l2r']:.4f}, folding {r['folding_pct']:.4f}%; caps: {settings.describe()}",
+              file=sys.stderr)
     print(f"regtune search-weights: {settings.n} settings of {', '.join(ck.extra['amortised']['specs'])} on "
           f"{min(settings.pairs or len(val), len(val))} of {len(val)} validation pairs; constraints {settings.describe()}",
           file=sys.stderr)
@@ -213,12 +226,13 @@ def format_result(res) -> str:
     if not res.any_feasible:
         lines.append(f"warning: no setting met the constraints ({res.settings.describe()}); the least folding one is reported")
     lines.append(f"chosen: {describe(c.values)}  (objective {res.objective.describe()}; constraints {res.settings.describe()})")
-    hdr = f"{'':29s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'fold %':>7s}"
+    hdr = f"{'':29s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'L2R-SD':>6s} {'fold %':>7s}"
     lines.append(hdr)
 
     def row(name, m):
         return (f"{name:29s} {m.get('dice', float('nan')):6.3f} {m.get('hd95', float('nan')):6.2f} "
-                f"{m.get('sdlogj', float('nan')):6.3f} {m.get('folding_pct', float('nan')):7.3f}")
+                f"{m.get('sdlogj', float('nan')):6.3f} {m.get('sdlogj_l2r', float('nan')):6.3f} "
+                f"{m.get('folding_pct', float('nan')):7.3f}")
 
     lines.append(row(f"val ({len(res.val_pairs)}) no registration", res.noreg_val))
     lines.append(row(f"val ({len(res.val_pairs)}) chosen", c.metrics))
@@ -230,6 +244,7 @@ def format_result(res) -> str:
         lines.append(row(f"test ({res.test_pairs}) chosen, held out", res.test))
         if ref and ref["test"]:
             lines.append(row(f"test ({res.test_pairs}) --match reference", ref["test"]))
+    lines.append("SDlogJ = std(log det J); L2R-SD = the organisers' std(log(det J + 3))")
     if ref:
         lines.append(f"reference: {ref['checkpoint']}")
         d = ref.get("test_dice_diff")

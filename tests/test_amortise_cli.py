@@ -143,10 +143,10 @@ def test_cli_search_weights_matched_to_a_reference_network(cli_runs, synth_dir, 
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "ws" / "result.json").read_text())
     ref = res["reference"]
-    # the caps are the reference's own validation SDlogJ and folding, and a feasible choice keeps to them
-    assert res["settings"]["max_sdlogj"] == ref["val"]["sdlogj"] and res["settings"]["max_folding_pct"] == ref["val"]["folding_pct"]
-    assert res["chosen_feasible"]
-    assert res["chosen_val"]["sdlogj"] <= ref["val"]["sdlogj"] and res["chosen_val"]["folding_pct"] <= ref["val"]["folding_pct"]
+    # the caps are the reference's own validation SDlogJ (both definitions) and folding, and a feasible choice keeps to them
+    caps = {"sdlogj": "max_sdlogj", "sdlogj_l2r": "max_sdlogj_l2r", "folding_pct": "max_folding_pct"}
+    assert all(res["settings"][cap] == ref["val"][k] for k, cap in caps.items())
+    assert res["chosen_feasible"] and all(res["chosen_val"][k] <= ref["val"][k] for k in caps)
     # the reference's held-out scores are what `regtune evaluate` gives it on the same pairs
     assert main(["evaluate", "--checkpoint", str(ordinary), "--data", str(synth_dir), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
     ev = json.loads((tmp_path / "ev" / "summary.json").read_text())
@@ -159,12 +159,13 @@ def test_cli_search_weights_matched_to_a_reference_network(cli_runs, synth_dir, 
     assert run.data.params["match"] == str(ordinary)
     assert run.data.metrics["ref_val_sdlogj"] == pytest.approx(ref["val"]["sdlogj"])
     assert run.data.metrics["chosen_minus_ref_test_dice"] == pytest.approx(ref["test_dice_diff"]["diff"])
-    # an explicit folding flag still rules; --no-folding-limit drops the folding cap
+    # an explicit folding flag still rules; --no-folding-limit drops the folding cap; --match-roughness picks the definition
     assert main(["search-weights", "--checkpoint", str(ck), "--data", str(synth_dir), "--n", "4", "--pairs", "1",
                  "--refine", "1", "--out", str(tmp_path / "ws2"), "--no-mlflow", "--no-test", "--match", str(ordinary),
-                 "--no-folding-limit", "--quiet"]) == 0
+                 "--no-folding-limit", "--match-roughness", "logdet", "--quiet"]) == 0
     res2 = json.loads((tmp_path / "ws2" / "result.json").read_text())
     assert res2["settings"]["max_folding_pct"] is None and res2["settings"]["max_sdlogj"] == ref["val"]["sdlogj"]
+    assert res2["settings"]["max_sdlogj_l2r"] is None
     assert res2["reference"]["test"] == {} and res2["reference"]["test_dice_diff"] is None
 
 
@@ -182,7 +183,9 @@ def test_search_weights_match_refuses_another_split_and_a_second_cap(cli_runs, s
             "--out", str(tmp_path / "never")]
     for flags, says in ((["--match", str(tmp_path / "other.pt")], "its val pairs are not the searched checkpoint's"),
                         (["--match", str(tmp_path / "masked.pt")], "data.mask_padding is True there and False in the searched"),
-                        (["--match", str(ordinary), "--max-sdlogj", "1"], "give --match or --max-sdlogj, not both"),
+                        (["--match", str(ordinary), "--max-sdlogj", "1"], "give --match or --max-sdlogj/--max-sdlogj-l2r, not both"),
+                        (["--match", str(ordinary), "--max-sdlogj-l2r", "1"], "give --match or --max-sdlogj/--max-sdlogj-l2r"),
+                        (["--match-roughness", "l2r"], "--match-roughness chooses what --match caps; give --match PT too"),
                         (["--no-folding-limit", "--max-folding-pct", "0.1"], "contradict each other")):
         capsys.readouterr()
         assert main(base + flags) == 2

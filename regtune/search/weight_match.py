@@ -6,7 +6,7 @@ A loss weight means different things in the two networks (a conditional network 
 strong end of its range is smoother than an ordinary one trained at the same weight), so
 comparing them at the same number is not that question. :func:`load_reference` scores
 the reference network on the conditional checkpoint's own validation pairs; its SDlogJ
-and folding there become the search's caps (:func:`matched_settings`), so the weight is
+(both definitions) and folding there become the search's caps (:func:`matched_settings`), so the weight is
 chosen on validation pairs alone. The reference's test scores, and the paired test Dice
 difference (:func:`paired_test_dice`), are reported beside the chosen weight's and never
 used to choose.
@@ -85,15 +85,26 @@ def load_reference(path: str | Path, ck, vols: Volumes, val: list[Pair], device:
     return out
 
 
-def matched_settings(settings: SearchSettings, ref: Reference, folding: bool = True) -> SearchSettings:
+ROUGHNESS = ("both", "logdet", "l2r")  # which SDlogJ definitions --match caps
+
+
+def matched_settings(settings: SearchSettings, ref: Reference, folding: bool = True, roughness: str = "both") -> SearchSettings:
     """``settings`` capped at the reference's validation SDlogJ and (with ``folding``) its
     folding %: the chosen weight is no rougher than the reference on the same pairs.
+    ``roughness``: which SDlogJ is capped, ``logdet`` (std(log det J)), ``l2r`` (the
+    organisers' std(log(det J + 3))) or ``both`` (the default: the two weigh compression and
+    expansion differently, and a field can be smoother on one and rougher on the other).
     Without ``folding`` the settings' own folding limit stays (a user's explicit one, or none)."""
+    if roughness not in ROUGHNESS:
+        raise ConfigError(f"--match-roughness {roughness!r}: choose one of {', '.join(ROUGHNESS)}")
     val = ref.val
-    if not (math.isfinite(val.get("sdlogj", math.nan)) and math.isfinite(val.get("folding_pct", math.nan))):
-        raise ConfigError(f"--match {ref.checkpoint}: its validation SDlogJ / folding are not finite ({val.get('sdlogj')}, "
-                          f"{val.get('folding_pct')}); it is no reference for roughness")
-    return replace(settings, max_sdlogj=val["sdlogj"], max_folding_pct=val["folding_pct"] if folding else settings.max_folding_pct)
+    keys = ("folding_pct",) + {"both": ("sdlogj", "sdlogj_l2r"), "logdet": ("sdlogj",), "l2r": ("sdlogj_l2r",)}[roughness]
+    if not all(math.isfinite(val.get(k, math.nan)) for k in keys):
+        raise ConfigError(f"--match {ref.checkpoint}: its validation {', '.join(f'{k} {val.get(k)}' for k in keys)} are not "
+                          f"all finite; it is no reference for roughness")
+    return replace(settings, max_sdlogj=val["sdlogj"] if "sdlogj" in keys else None,
+                   max_sdlogj_l2r=val["sdlogj_l2r"] if "sdlogj_l2r" in keys else None,
+                   max_folding_pct=val["folding_pct"] if folding else settings.max_folding_pct)
 
 
 def paired_test_dice(chosen_rows: list[dict], ref: Reference):

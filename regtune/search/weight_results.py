@@ -32,7 +32,8 @@ class SearchSettings:
     log/linear grid over the range first (-1 = n // 4; one amortised weight only: with
     several the first settings are TPE's random start-up); per_round: settings asked
     from Optuna before telling it their scores; refine: best feasible settings re-scored
-    on all validation pairs; max_folding_pct / max_sdlogj: hard constraints (None = off);
+    on all validation pairs; max_folding_pct / max_sdlogj / max_sdlogj_l2r: hard constraints
+    (None = off; ``sdlogj`` is std(log det J), ``sdlogj_l2r`` the organisers' std(log(det J + 3)));
     batch: network batch size."""
 
     n: int = 256
@@ -42,6 +43,7 @@ class SearchSettings:
     refine: int = 5
     max_folding_pct: float | None = 0.05
     max_sdlogj: float | None = None
+    max_sdlogj_l2r: float | None = None
     batch: int = 32
     seed: int = 0
 
@@ -52,7 +54,7 @@ class SearchSettings:
             raise ConfigError(f"--pairs {self.pairs}: must be >= 0 (0 = all validation pairs)")
         if self.per_round < 1 or self.batch < 1 or self.refine < 1:
             raise ConfigError("--per-round, --batch and --refine must be >= 1")
-        for k in ("max_folding_pct", "max_sdlogj"):
+        for k in ("max_folding_pct", "max_sdlogj", "max_sdlogj_l2r"):
             v = getattr(self, k)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"--{k.replace('_', '-')} {v}: must be a number >= 0")
@@ -64,6 +66,8 @@ class SearchSettings:
             out["folding_pct"] = m["folding_pct"] - self.max_folding_pct
         if self.max_sdlogj is not None:
             out["sdlogj"] = m["sdlogj"] - self.max_sdlogj
+        if self.max_sdlogj_l2r is not None:
+            out["sdlogj_l2r"] = m["sdlogj_l2r"] - self.max_sdlogj_l2r
         return {k: v if math.isfinite(v) else 1e9 for k, v in out.items()}
 
     def describe(self) -> str:
@@ -72,6 +76,8 @@ class SearchSettings:
             c.append(f"folding <= {self.max_folding_pct:g}%")
         if self.max_sdlogj is not None:
             c.append(f"SDlogJ <= {self.max_sdlogj:g}")
+        if self.max_sdlogj_l2r is not None:
+            c.append(f"SDlogJ (L2R) <= {self.max_sdlogj_l2r:g}")
         return " and ".join(c) or "none"
 
 

@@ -70,10 +70,14 @@ def test_a_search_matched_to_a_reference_is_no_rougher_and_reports_the_paired_di
     ref = load_reference(ref_pt, ck, vols, val)
     assert all(ref.val[k] == pytest.approx(at_1[k], rel=1e-6, abs=1e-9) for k in ("dice", "hd95", "sdlogj", "folding_pct"))
     st = matched_settings(ws.SearchSettings(n=12, pairs=1, per_round=4, refine=3), ref)
-    assert (st.max_sdlogj, st.max_folding_pct) == (ref.val["sdlogj"], ref.val["folding_pct"]) and at_1["sdlogj"] > 0
+    assert (st.max_sdlogj, st.max_sdlogj_l2r, st.max_folding_pct) == (ref.val["sdlogj"], ref.val["sdlogj_l2r"], ref.val["folding_pct"])
+    assert at_1["sdlogj"] > 0 and at_1["sdlogj_l2r"] > 0
+    assert matched_settings(st, ref, roughness="l2r").max_sdlogj is None
     res = ws.search_weights(ck.model(), ck.config, vols, val, st, test_pairs=test, reference=ref)
-    # feasible on all validation pairs: no rougher than the reference there (the weights above 1 are smoother)
+    # feasible on all validation pairs: no rougher than the reference there on either definition (the weights above 1
+    # are smoother)
     assert res.chosen.feasible and res.chosen.metrics["sdlogj"] <= ref.val["sdlogj"]
+    assert res.chosen.metrics["sdlogj_l2r"] <= ref.val["sdlogj_l2r"] and "SDlogJ (L2R) <=" in st.describe()
     d = res.reference["test_dice_diff"]
     at_1_test = scorer({"loss.reg_weight": 1.0}, test)
     assert res.reference["test"]["dice"] == pytest.approx(at_1_test["dice"], abs=1e-9) and d["n"] == len(test)
@@ -85,3 +89,14 @@ def test_a_search_matched_to_a_reference_is_no_rougher_and_reports_the_paired_di
 
     paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
     assert paths["tradeoff"].stat().st_size > 0 and paths["curve"].stat().st_size > 0
+
+
+def test_each_roughness_constraint_is_its_own_optuna_constraint():
+    from regtune.search.weight_results import SearchSettings
+
+    m = {"folding_pct": 0.2, "sdlogj": 1.0, "sdlogj_l2r": 0.3}
+    c = SearchSettings(max_folding_pct=0.5, max_sdlogj=0.8, max_sdlogj_l2r=0.1).constraints(m)
+    assert c == pytest.approx({"folding_pct": -0.3, "sdlogj": 0.2, "sdlogj_l2r": 0.2})  # > 0: broken
+    assert SearchSettings(max_folding_pct=None).constraints(m) == {}
+    with pytest.raises(Exception, match="--max-sdlogj-l2r -1"):
+        SearchSettings(max_sdlogj_l2r=-1)
