@@ -6,10 +6,10 @@ A loss weight means different things in the two networks (a conditional network 
 strong end of its range is smoother than an ordinary one trained at the same weight), so
 comparing them at the same number is not that question. :func:`load_reference` scores
 the reference network on the conditional checkpoint's own validation pairs; its SDlogJ
-(both definitions) and folding there become the search's caps (:func:`matched_settings`), so the weight is
-chosen on validation pairs alone. The reference's test scores, and the paired test Dice
-difference (:func:`paired_test_dice`), are reported beside the chosen weight's and never
-used to choose.
+(both definitions) and folding there become the search's caps (:func:`matched_settings`),
+so the weight is chosen on validation pairs alone. The reference's test scores, and the
+paired test Dice difference (:func:`paired_test_dice`), are reported beside the chosen
+weight's and never used to choose.
 """
 
 from __future__ import annotations
