@@ -84,9 +84,9 @@ SEARCH_EPILOG = textwrap.dedent("""\
       chosen weight is then no rougher than PT on those pairs. SDlogJ has two common
       definitions, std(log det J) and the organisers' std(log(det J + 3)); they weigh
       compression and expansion differently and can disagree about which field is
-      smoother, so both are capped unless --match-roughness logdet|l2r says otherwise. PT is scored on the test
-      pairs too, beside the chosen weight, with the paired test Dice difference (held
-      out: reported, never used to choose).
+      smoother, so both are capped unless --match-roughness logdet|l2r says otherwise.
+      PT is scored on the test pairs too, beside the chosen weight, with the paired
+      test Dice difference (held out: reported, never used to choose).
 
     writes (--out, default next to the checkpoint: weight-search/):
       curve.png     Dice and SDlogJ against the weight (log axis), no-registration level,
