@@ -13,7 +13,7 @@ last epoch) it also writes ``figures/weight_curve.png`` and ``figures/weight_cur
 ``regtune diagnose`` draws per trial.
 
 Search settings per trial come from the space's optional ``weight_search:`` block
-(``n``, ``pairs``, ``refine``, ``max_folding_pct``, ``max_sdlogj``, ``profile``).
+(``n``, ``pairs``, ``refine``, ``max_folding_pct``, ``max_sdlogj``, ``max_sdlogj_l2r``, ``profile``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ class TrialSearch:
     refine: int = 3
     max_folding_pct: float | None = 0.05
     max_sdlogj: float | None = None
+    max_sdlogj_l2r: float | None = None  # the organisers' std(log(det J + 3))
     profile: int = 7  # grid points of the per-trial curve scored with HD95 (0 = none)
 
     def settings(self, seed: int = 0):
         from .weight_results import SearchSettings
 
         return SearchSettings(n=self.n, pairs=self.pairs, refine=self.refine, max_folding_pct=self.max_folding_pct,
-                              max_sdlogj=self.max_sdlogj, per_round=8, seed=seed)
+                              max_sdlogj=self.max_sdlogj, max_sdlogj_l2r=self.max_sdlogj_l2r, per_round=8, seed=seed)
 
 
 def parse_trial_search(src: str, doc: Any) -> TrialSearch:
@@ -62,12 +63,12 @@ def parse_trial_search(src: str, doc: Any) -> TrialSearch:
         if k in ints:
             if isinstance(v, bool) or not isinstance(v, int) or v < ints[k]:
                 raise SpaceError(f"{src}: key 'weight_search.{k}': must be a whole number >= {ints[k]}, got {v!r}")
-        elif k in ("max_folding_pct", "max_sdlogj"):
+        elif k in ("max_folding_pct", "max_sdlogj", "max_sdlogj_l2r"):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise SpaceError(f"{src}: key 'weight_search.{k}': must be a number >= 0 or null (no constraint), got {v!r}")
         else:
             raise SpaceError(f"{src}: key 'weight_search.{k}': unknown field (allowed: n, pairs, refine, profile, "
-                             f"max_folding_pct, max_sdlogj)")
+                             f"max_folding_pct, max_sdlogj, max_sdlogj_l2r)")
         vals[k] = v
     return TrialSearch(**vals)
 

@@ -43,6 +43,10 @@ def test_space_amortised_params_are_not_sampled_and_bad_ones_are_refused(tmp_pat
         with pytest.raises(ConfigError) as e:
             parse_space({**SPACE, "params": params}, "s.yaml")
         assert frag in str(e.value) and "s.yaml" in str(e.value) and "\n" not in str(e.value)
+    ws = parse_space({**SPACE, "weight_search": {"max_sdlogj_l2r": 0.15}}, "s.yaml").weight_search
+    assert ws.settings().max_sdlogj_l2r == 0.15 and "SDlogJ (L2R) <= 0.15" in ws.settings().describe()
+    with pytest.raises(ConfigError, match="weight_search.max_sdlogj_l2r': must be a number >= 0"):
+        parse_space({**SPACE, "weight_search": {"max_sdlogj_l2r": -1}}, "s.yaml")
     with pytest.raises(ConfigError, match="weight_search.*no parameter is amortised"):
         parse_space({**SPACE, "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}, "s.yaml")
 
