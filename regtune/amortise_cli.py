@@ -224,7 +224,8 @@ def format_result(res) -> str:
              f"{len(res.search_pairs)} pairs); re-scoring the best {len(res.refined)} on {len(res.val_pairs)} validation pairs "
              f"{res.refine_seconds:.1f} s"]
     if not res.any_feasible:
-        lines.append(f"warning: no setting met the constraints ({res.settings.describe()}); the least folding one is reported")
+        lines.append(f"warning: no setting met the constraints ({res.settings.describe()}); the one closest to them "
+                     f"(least relative excess) is reported")
     lines.append(f"chosen: {describe(c.values)}  (objective {res.objective.describe()}; constraints {res.settings.describe()})")
     hdr = f"{'':29s} {'Dice':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'L2R-SD':>6s} {'fold %':>7s}"
     lines.append(hdr)

@@ -70,6 +70,13 @@ class SearchSettings:
             out["sdlogj_l2r"] = m["sdlogj_l2r"] - self.max_sdlogj_l2r
         return {k: v if math.isfinite(v) else 1e9 for k, v in out.items()}
 
+    def violation(self, m: dict[str, float]) -> float:
+        """How far ``m`` breaks the constraints: the sum of each excess over its limit, relative
+        to the limit (0 = feasible). With no feasible setting the search reports the one with the
+        least of it, so an SDlogJ cap is respected as nearly as the range allows."""
+        limits = {"folding_pct": self.max_folding_pct, "sdlogj": self.max_sdlogj, "sdlogj_l2r": self.max_sdlogj_l2r}
+        return sum(max(0.0, c) / max(limits[k], 1e-9) for k, c in self.constraints(m).items())
+
     def describe(self) -> str:
         c = []
         if self.max_folding_pct is not None:

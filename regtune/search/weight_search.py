@@ -106,12 +106,13 @@ def _point(values: dict[str, float], m: dict[str, float], objective: Objective, 
     return Point(dict(values), m, score, all(c <= 0 for c in st.constraints(m).values()), trial, n_pairs)
 
 
-def _best(points: list[Point]) -> Point:
-    """The best feasible point by score; with none feasible, the least infeasible."""
+def _best(points: list[Point], st: SearchSettings) -> Point:
+    """The best feasible point by score; with none feasible, the one that breaks the
+    constraints least (:meth:`SearchSettings.violation`), then by score."""
     feas = [p for p in points if p.feasible]
     if feas:
         return max(feas, key=lambda p: p.score)
-    return min(points, key=lambda p: (p.metrics.get("folding_pct", math.inf), -p.score))
+    return min(points, key=lambda p: (st.violation(p.metrics), -p.score))
 
 
 def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: SearchSettings | None = None,
@@ -162,7 +163,7 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
                 tr.set_user_attr(k, v)
             study.tell(tr, p.score if math.isfinite(p.score) else objective.score({}))
             points.append(p)
-        b = _best(points)
+        b = _best(points, st)
         say(f"{len(points):4d}/{st.n} settings, {time.perf_counter() - t0:5.1f} s; best so far {describe(b.values)}: "
             f"Dice {b.metrics['dice']:.4f}, SDlogJ {b.metrics['sdlogj']:.4f}, folding {b.metrics['folding_pct']:.4f}%"
             f"{'' if b.feasible else ' (no setting meets the constraints yet)'}")
@@ -170,7 +171,7 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
 
     # re-score the best few feasible settings (distinct values) on all validation pairs; choose among them
     t1 = time.perf_counter()
-    ranked = sorted(points, key=lambda p: (not p.feasible, -p.score))
+    ranked = sorted(points, key=lambda p: (st.violation(p.metrics), -p.score))  # feasible first (0), by score
     top: list[Point] = []
     for p in ranked:
         if all(any(abs(r.to_unit(p.values[r.key]) - r.to_unit(q.values[r.key])) > 1e-3 for r in rs) for q in top):
@@ -183,7 +184,7 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
     else:
         scored = scorer.many([p.values for p in top], val_pairs)
     refined = [_point(p.values, m, objective, st, p.trial, len(val_pairs)) for p, m in zip(top, scored)]
-    chosen = _best(refined)
+    chosen = _best(refined, st)
     if objective.metric != "val_hd95":  # the chosen setting's full scores (HD95 too)
         chosen = _point(chosen.values, scorer(chosen.values, val_pairs, with_hd95=True), objective, st, chosen.trial,
                         len(val_pairs))

@@ -34,9 +34,15 @@ def test_weight_search_end_to_end_with_optuna_and_mlflow(film_run, vols, tmp_pat
     assert len(res.refined) == 2 and all(p.pairs == len(val) for p in res.refined)
     assert res.chosen in res.refined and res.chosen.score == max(p.score for p in res.refined)
     assert math.isfinite(res.chosen.metrics["hd95"]) and res.test_pairs == len(test) and 0 <= res.test["dice"] <= 1
-    # an impossible constraint: reported, the least-folding setting chosen
-    strict = ws.search_weights(ck.model(), ck.config, vols, val, ws.SearchSettings(n=4, pairs=1, refine=1, max_sdlogj=0.0))
+    # an impossible constraint: reported, and the setting that breaks it least is chosen: here the smoothest, not the
+    # best-scoring one among those that do not fold (every setting of the phantoms' net is fold-free)
+    strict = ws.search_weights(ck.model(), ck.config, vols, val,
+                               ws.SearchSettings(n=8, pairs=1, refine=2, max_folding_pct=0.05, max_sdlogj=0.0))
     assert not strict.any_feasible and not strict.chosen.feasible
+    by_sd = sorted(strict.points, key=lambda p: p.metrics["sdlogj"])
+    assert {p.trial for p in strict.refined} == {p.trial for p in by_sd[:2]}
+    assert strict.chosen.metrics["sdlogj"] == min(p.metrics["sdlogj"] for p in strict.refined)
+    assert strict.chosen.values["loss.reg_weight"] == max(p.values["loss.reg_weight"] for p in strict.refined)
     assert wo.tradeoff_png(tmp_path / "strict.png", strict).stat().st_size > 0  # drawn with no feasible setting too
 
     paths = wo.write_outputs(tmp_path / "ws", res, ck.model(), ck.config, vols, checkpoint="ck")
@@ -98,5 +104,8 @@ def test_each_roughness_constraint_is_its_own_optuna_constraint():
     c = SearchSettings(max_folding_pct=0.5, max_sdlogj=0.8, max_sdlogj_l2r=0.1).constraints(m)
     assert c == pytest.approx({"folding_pct": -0.3, "sdlogj": 0.2, "sdlogj_l2r": 0.2})  # > 0: broken
     assert SearchSettings(max_folding_pct=None).constraints(m) == {}
+    # how far a setting breaks them, each excess relative to its limit (the fallback when none is feasible)
+    assert SearchSettings(max_folding_pct=0.5, max_sdlogj=0.8, max_sdlogj_l2r=0.1).violation(m) == pytest.approx(0.25 + 2.0)
+    assert SearchSettings(max_folding_pct=0.5).violation(m) == 0.0
     with pytest.raises(Exception, match="--max-sdlogj-l2r -1"):
         SearchSettings(max_sdlogj_l2r=-1)
