@@ -243,7 +243,7 @@ def format_result(res) -> str:
     if res.test:
         lines.append(row(f"test ({res.test_pairs}) no registration", res.test_noreg))
         lines.append(row(f"test ({res.test_pairs}) chosen, held out", res.test))
-        if ref and ref["test"]:
+        if ref.get("test"):
             lines.append(row(f"test ({res.test_pairs}) --match reference", ref["test"]))
     lines.append("SDlogJ = std(log det J); L2R-SD = the organisers' std(log(det J + 3))")
     if ref:

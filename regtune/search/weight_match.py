@@ -44,9 +44,9 @@ class Reference:
     test: dict[str, float] = field(default_factory=dict)  # on the test pairs (reported only)
     test_rows: list[dict] = field(default_factory=list)
 
-    def rows(self, vols: Volumes, pairs: list[Pair], device: torch.device | str = "cpu") -> list[dict]:
-        """Per-pair scores at full resolution with HD95, as ``regtune evaluate`` computes them."""
-        return evaluate_pairs(self.model, vols, list(pairs), self.downsample, device, batch_size=8, with_hd95=True,
+    def rows(self, vols: Volumes, pairs: list[Pair], device: torch.device | str = "cpu", with_hd95: bool = True) -> list[dict]:
+        """Per-pair scores at full resolution (with HD95 unless told not), as ``regtune evaluate`` computes them."""
+        return evaluate_pairs(self.model, vols, list(pairs), self.downsample, device, batch_size=8, with_hd95=with_hd95,
                               channels_last=torch.device(device).type == "cpu")
 
     def score_test(self, vols: Volumes, test: list[Pair], device: torch.device | str = "cpu") -> None:

@@ -76,7 +76,7 @@ def curve_png(path: str | Path, res: SearchResult, title: str = "") -> Path:
             ax3.set_ylabel("% folding voxels (grey)", color="#666")
             ax3.set_ylim(0, max(fold.max() * 3, 1e-3))
         c = res.chosen
-        on_curve = next((p for p in res.points if p.trial == c.trial), None)  # the chosen setting on the search pairs
+        on_curve = res.chosen_on_curve
         ax.axvline(c.values[r.key], color="k", lw=1, ls="--")
         if on_curve is not None:
             ax.plot([c.values[r.key]], [on_curve.metrics["dice"]], "*", ms=14, color="gold", mec="k",
@@ -117,7 +117,7 @@ def tradeoff_png(path: str | Path, res: SearchResult) -> Path:
     ax.scatter(x[~ok], y[~ok], facecolors="none", edgecolors=plt.get_cmap("viridis")(norm(lam[~ok])), s=14,
                label=f"breaks {res.settings.describe()}")
     fig.colorbar(sc, ax=ax, label=r.key + (" (log)" if r.log else ""))
-    on_curve = next((p for p in res.points if p.trial == res.chosen.trial), None)
+    on_curve = res.chosen_on_curve
     if on_curve is not None:
         ax.plot([on_curve.metrics["sdlogj"]], [on_curve.metrics["dice"]], "*", ms=16, color="gold", mec="k",
                 label=f"chosen {describe(res.chosen.values)}")

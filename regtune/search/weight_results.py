@@ -126,6 +126,11 @@ class SearchResult:
     # difference chosen - reference (regtune.compare.Paired's fields; None without test pairs)
     reference: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def chosen_on_curve(self) -> Point | None:
+        """The chosen setting as scored on the search pairs (the curve's point), if it was tried there."""
+        return next((p for p in self.points if p.trial == self.chosen.trial), None)
+
     def summary(self) -> dict[str, Any]:
         return {"keys": [r.key for r in self.ranges], "ranges": [r.spec for r in self.ranges],
                 "settings": asdict(self.settings), "objective": self.objective.describe(),

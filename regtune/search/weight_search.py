@@ -202,7 +202,8 @@ def search_weights(model, cfg, vols: Volumes, val_pairs: list[Pair], settings: S
     if reference is not None:
         from .weight_match import paired_test_dice
 
-        reference.search = mean_scores(reference.rows(vols, search_pairs, device))  # beside the curve, on its pairs
+        # beside the curve, on its pairs and with its metrics (no HD95, as the curve's points)
+        reference.search = mean_scores(reference.rows(vols, search_pairs, device, with_hd95=False))
         if test_pairs:
             reference.score_test(vols, list(test_pairs), device)
         diff = paired_test_dice(test_rows, reference)
