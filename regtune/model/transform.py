@@ -74,6 +74,27 @@ def integrate_velocity(vel: torch.Tensor, steps: int) -> torch.Tensor:
     return disp
 
 
+def velocity_fields(v: torch.Tensor, int_steps: int, int_downsize: int = 1, backward: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(forward, backward) displacements of a network head's output ``v`` (B, 3, X, Y, Z),
+    on ``v``'s grid: with ``int_steps > 0`` exp(v) and exp(-v) by scaling and squaring on a
+    grid ``int_downsize`` times coarser (both directions in one batched integration), else
+    ``v`` itself is the displacement and there is no backward field."""
+    if int_steps == 0:
+        return v, None
+    size = tuple(v.shape[2:])
+    k = int_downsize
+    vc = downsample_image(v, k) / k if k > 1 else v
+    if backward:
+        fwd, bwd = integrate_velocity(torch.cat([vc, -vc]), int_steps).chunk(2)
+    else:
+        fwd, bwd = integrate_velocity(vc, int_steps), None
+    if k > 1:
+        fwd = upsample_field(fwd, k, size)
+        bwd = upsample_field(bwd, k, size) if bwd is not None else None
+    return fwd, bwd
+
+
 def compose(u_first: torch.Tensor, u_second: torch.Tensor) -> torch.Tensor:
     """Displacement of the composed map x -> y + u_second(y), y = x + u_first(x):
     ``u_first(x) + u_second(x + u_first(x))``. With a forward field and its inverse this is

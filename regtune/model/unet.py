@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .transform import downsample_image, integrate_velocity, upsample_field
+from .transform import downsample_image, upsample_field, velocity_fields
 
 
 def conv(fn, x: torch.Tensor) -> torch.Tensor:
@@ -107,20 +107,7 @@ class RegNet(nn.Module):
         """(forward, backward) voxel displacements on the input grid: forward warps
         moving onto fixed; backward (the inverse transform exp(-v), fixed onto moving) is
         None for a plain-displacement model or when not asked for."""
-        v = self.velocity(moving, fixed, cond)
-        if self.cfg.int_steps == 0:
-            return v, None
-        size = tuple(v.shape[2:])
-        k = self.cfg.int_downsize
-        vc = downsample_image(v, k) / k if k > 1 else v
-        if backward:  # both directions in one batched integration
-            fwd, bwd = integrate_velocity(torch.cat([vc, -vc]), self.cfg.int_steps).chunk(2)
-        else:
-            fwd, bwd = integrate_velocity(vc, self.cfg.int_steps), None
-        if k > 1:
-            fwd = upsample_field(fwd, k, size)
-            bwd = upsample_field(bwd, k, size) if bwd is not None else None
-        return fwd, bwd
+        return velocity_fields(self.velocity(moving, fixed, cond), self.cfg.int_steps, self.cfg.int_downsize, backward)
 
     def _unet(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # a conditional network runs every block through its conditioner (cond: (B, K) loss-weight
