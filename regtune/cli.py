@@ -166,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="auto")
         q.add_argument("--quiet", action="store_true")
 
+    def refine_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--refine", type=int, default=0, metavar="N",
+                       help="instance optimisation: refine each pair's field with N Adam steps on its own images "
+                            "(the checkpoint's similarity + regulariser, no labels), starting from the network's "
+                            "(default 0: the network's field as it is)")
+        q.add_argument("--refine-lr", type=float, metavar="LR", help="with --refine: Adam's step, in voxels of the "
+                       "network's grid (default 0.05)")
+        q.add_argument("--refine-reg-weight", type=float, metavar="W", help="with --refine: the regulariser's weight "
+                       "while refining (default: the checkpoint's loss.reg_weight, or the amortised weight it is set to)")
+
     e = sub.add_parser("evaluate", help="score a checkpoint (or a study's top K) on pairs against no registration",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  regtune evaluate --checkpoint RUN/best.pt --data DATA\n"
@@ -173,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", metavar="PT")
     data_args(e)
     add_set_arg(e)
+    refine_args(e)
     e.add_argument("--out", metavar="DIR", help="where pairs.csv and summary.json go (default: next to the checkpoint)")
     e.add_argument("--top", type=int, metavar="K", help="re-evaluate the K best trials of a study (from MLflow)")
     e.add_argument("--study", metavar="NAME", help="with --top: the study (default: the most recent)")
@@ -189,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True, metavar="PT")
     data_args(r)
     add_set_arg(r)
+    refine_args(r)
     r.add_argument("--fixed", metavar="NII")
     r.add_argument("--moving", metavar="NII")
     r.add_argument("--fixed-label", metavar="NII")

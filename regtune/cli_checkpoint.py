@@ -4,6 +4,8 @@ study's best trials) and ``regtune register`` (fields in the organisers' naming)
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 
@@ -48,15 +50,36 @@ def cmd_evaluate_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def refine_record(refine) -> dict:
+    """What summary.json records of a refinement."""
+    if not refine.steps:
+        return {"steps": 0}
+    return {"steps": refine.steps, "lr": refine.lr, "similarity": refine.loss.similarity,
+            "regulariser": refine.loss.regulariser, "reg_weight": refine.loss.reg_weight,
+            "jacobian_weight": refine.loss.jacobian_weight}
+
+
+def _refinement(args: argparse.Namespace, ck, weights: dict):
+    """The ``--refine*`` flags as a :class:`regtune.refine.Refinement` bound to the
+    checkpoint's loss (at the amortised ``weights``)."""
+    from .refine import Refinement
+
+    lr = 0.05 if args.refine_lr is None else args.refine_lr
+    return Refinement(steps=args.refine, lr=lr, reg_weight=args.refine_reg_weight).bind(ck.config.loss, weights)
+
+
 def _refuse_unused(args: argparse.Namespace, command: str) -> None:
     """Flags that would do nothing in this mode stop the command with one line."""
     from .errors import ConfigError
 
+    if not args.refine and (args.refine_lr is not None or args.refine_reg_weight is not None):
+        raise ConfigError(f"{command}: --refine-lr and --refine-reg-weight set how --refine N refines; give --refine N too")
     if command == "register":
         unused = {"--data": args.data}
         why = "register reads images from --fixed/--moving or --images [--labels] with --pairs"
     elif args.top:
-        unused = {"--checkpoint": args.checkpoint, "--images": args.images, "--labels": args.labels, "--out": args.out}
+        unused = {"--checkpoint": args.checkpoint, "--images": args.images, "--labels": args.labels, "--out": args.out,
+                  "--refine": args.refine}
         why = "--top K evaluates the study's own checkpoints on --data (fields go to --export-fields)"
     else:
         unused = {"--study": args.study, "--tracking-uri": args.tracking_uri, "--export-fields": args.export_fields,
@@ -92,8 +115,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .amortise_cli import model_for
 
     model, weights = model_for(ck, device, args.overrides, args.checkpoint, quiet=args.quiet)  # --set KEY=VALUE
+    refine = _refinement(args, ck, weights)
+    if refine.steps and not args.quiet:
+        print(f"refining: {refine.describe()}", file=sys.stderr)
+    t0 = time.perf_counter()
     rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, progress=not args.quiet,
-                          channels_last=device.type == "cpu", with_consistency=True)
+                          channels_last=device.type == "cpu", with_consistency=True, refine=refine)
+    seconds = time.perf_counter() - t0
     base_rows = evaluate_pairs(None, vols, pairs)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
@@ -107,9 +135,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs), "pairs_are": what,
                                                   "loss_weights": weights, "epoch": ck.epoch, "steps": ck.extra.get("steps"),
+                                                  "refinement": refine_record(refine), "seconds": round(seconds, 1),
                                                   "registered": s, "no_registration": b}, indent=1))
     print(f"{len(pairs)} pairs: {what}  ({out / 'pairs.csv'})")
-    print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else ""))
+    print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else "")
+          + f"; {refine.describe()}; {seconds:.0f} s for the pairs, both directions and self-registration")
     print(f"{'':16s} {'Dice':>6s} {'±':>6s} {'Dice30':>6s} {'HD95':>6s} {'SDlogJ':>6s} {'L2R-SD':>6s} {'fold %':>7s} "
           f"{'IC err':>6s} {'self':>6s} {'selfD':>6s} {'black':>5s}")
     for name, x in (("no registration", b), ("regtune", s)):
@@ -157,9 +187,12 @@ def cmd_register(args: argparse.Namespace) -> int:
     writer = FieldWriter(args.out, vols, images=not args.fields_only, naming=args.naming, fmt=args.format)
     from .amortise_cli import model_for
 
-    model, _ = model_for(ck, device, args.overrides, args.checkpoint, quiet=args.quiet)  # --set KEY=VALUE
+    model, weights = model_for(ck, device, args.overrides, args.checkpoint, quiet=args.quiet)  # --set KEY=VALUE
+    refine = _refinement(args, ck, weights)
+    if refine.steps and not args.quiet:
+        print(f"refining: {refine.describe()}", file=sys.stderr)
     rows = evaluate_pairs(model, vols, pairs, cfg.data.downsample, device, on_field=writer,
-                          with_hd95=False, progress=not args.quiet)
+                          with_hd95=False, progress=not args.quiet, refine=refine)
     for r in rows:
         extra = f"  Dice {_fmt(r['dice'])}" if r["dice"] == r["dice"] else ""
         print(f"{r['fixed']} <- {r['moving']}:  fold {_fmt(r['folding_pct'], 3)}%  SDlogJ {_fmt(r['sdlogj'])}{extra}")

@@ -18,6 +18,7 @@ from .data.pairs import Pair
 from .metrics import nanmean, dice_per_label, score_pair
 from .model import RegNet, compose, outside_fraction, predict_field, warp
 from .progress import progress as progress_bar
+from .refine import Refinement, refine_fields
 
 METRIC_KEYS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
@@ -34,14 +35,24 @@ def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     return w[:, 0].round().to(torch.uint8).cpu()
 
 
+def _field(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int, channels_last: bool,
+           refine: Refinement | None) -> torch.Tensor:
+    """The full-resolution field of the pairs: the network's, refined on each pair when
+    ``refine`` asks for steps (:mod:`regtune.refine`)."""
+    if refine is not None and refine.steps:
+        return refine_fields(model, fixed, moving, downsample, refine, channels_last=channels_last)[0]
+    return predict_field(model, fixed, moving, downsample, channels_last=channels_last).float()
+
+
 @torch.no_grad()
 def register_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downsample: int,
-                   device: torch.device | str = "cpu", batch_size: int = 4, channels_last: bool = False
-                   ) -> Iterator[tuple[list[Pair], torch.Tensor, torch.Tensor, torch.Tensor]]:
+                   device: torch.device | str = "cpu", batch_size: int = 4, channels_last: bool = False,
+                   refine: Refinement | None = None) -> Iterator[tuple[list[Pair], torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (pairs, disp, warped_image, warped_labels) per batch, all full resolution on CPU.
 
     disp: (B, 3, X, Y, Z) voxel displacement in the Learn2Reg convention; ``model=None``
-    gives the identity (no registration).
+    gives the identity (no registration); ``refine`` refines each pair's field
+    (:mod:`regtune.refine`).
     """
     for chunk in _batches(pairs, batch_size):
         f_idx = torch.tensor([p[0] for p in chunk])
@@ -51,14 +62,15 @@ def register_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
         if model is None:
             disp = torch.zeros(len(chunk), 3, *vols.shape, device=device)
         else:
-            disp = predict_field(model, fixed, moving, downsample, channels_last=channels_last).float()
+            disp = _field(model, fixed, moving, downsample, channels_last, refine)
         warped = warp(moving, disp)
         yield chunk, disp.cpu(), warped.cpu(), warp_labels(vols.labels[m_idx], disp)
 
 
 @torch.no_grad()
 def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int, device: torch.device | str = "cpu",
-                batch_size: int = 4, channels_last: bool = False) -> list[dict[str, float]]:
+                batch_size: int = 4, channels_last: bool = False, refine: Refinement | None = None
+                ) -> list[dict[str, float]]:
     """Per pair, what users take for granted of a registration method:
 
     - ``ic_error``: mean |u_fm(x) + u_mf(x + u_fm(x))| in voxels, where u_fm registers the
@@ -69,14 +81,16 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
     - ``self_dice``: Dice of the fixed labels warped by that self-registration field against
       themselves (should be 1; a network that pulls every structure towards a population
       mean shape scores well below 1 here while scoring well on pairs).
+
+    With ``refine``, every one of these fields is refined on its own pair.
     """
     out = []
     for chunk in _batches(pairs, batch_size):
         fixed = vols.images[torch.tensor([p[0] for p in chunk])].to(device)
         moving = vols.images[torch.tensor([p[1] for p in chunk])].to(device)
-        u_fm = predict_field(model, fixed, moving, downsample, channels_last=channels_last).float()
-        u_mf = predict_field(model, moving, fixed, downsample, channels_last=channels_last).float()
-        u_ff = predict_field(model, fixed, fixed, downsample, channels_last=channels_last).float()
+        u_fm = _field(model, fixed, moving, downsample, channels_last, refine)
+        u_mf = _field(model, moving, fixed, downsample, channels_last, refine)
+        u_ff = _field(model, fixed, fixed, downsample, channels_last, refine)
         ic = compose(u_fm, u_mf).norm(dim=1).flatten(1).mean(1).cpu()
         self_mag = u_ff.norm(dim=1).cpu()
         flab = vols.labels[torch.tensor([p[0] for p in chunk])]
@@ -93,18 +107,20 @@ def evaluate_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
                    device: torch.device | str = "cpu", batch_size: int = 4, with_hd95: bool = True,
                    channels_last: bool = False, progress: bool = False,
                    on_field: Callable[[Pair, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-                   with_consistency: bool = False) -> list[dict]:
+                   with_consistency: bool = False, refine: Refinement | None = None) -> list[dict]:
     """One row per pair: names, Dice/HD95 (mean and per label), SDlogJ (both
     definitions), % folding, mean warped and moving intensity, % of sample points outside
     the volume; with ``with_consistency`` also ``ic_error`` and ``self_disp`` (see
     :func:`consistency`).
 
     ``on_field(pair, disp (3,X,Y,Z), warped_image (X,Y,Z), warped_labels (X,Y,Z))`` is
-    called per pair when given (``regtune register`` writes files there).
+    called per pair when given (``regtune register`` writes files there). ``refine``
+    refines each field on its pair before it is scored (:mod:`regtune.refine`).
     """
     rows: list[dict] = []
     bar = progress_bar(progress, len(pairs), "evaluating", "pair")
-    for chunk, disp, warped, wlab in register_pairs(model, vols, pairs, downsample, device, batch_size, channels_last):
+    for chunk, disp, warped, wlab in register_pairs(model, vols, pairs, downsample, device, batch_size, channels_last,
+                                                     refine):
         outside = outside_fraction(disp)
         for b, (f, m) in enumerate(chunk):
             d = disp[b].numpy()
@@ -121,7 +137,7 @@ def evaluate_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
     if bar is not None:
         bar.close()
     if with_consistency:
-        extra = consistency(model, vols, pairs, downsample, device, batch_size, channels_last) if model is not None \
+        extra = consistency(model, vols, pairs, downsample, device, batch_size, channels_last, refine) if model is not None \
             else [{"ic_error": 0.0, "self_disp": 0.0, "self_dice": 1.0}] * len(rows)
         for r, e in zip(rows, extra):
             r.update(e)

@@ -149,6 +149,38 @@ def test_register_fields_scored_independently_match_evaluate(trained, synth_dir,
     assert (out / "warped_synth_001_synth_002.nii.gz").is_file()
 
 
+def test_evaluate_and_register_refine_each_field_on_its_pair(trained, synth_dir, tmp_path, capsys):
+    """--refine N: instance optimisation, recorded in summary.json; register writes the same refined field
+    that evaluate scores."""
+    common = ["--checkpoint", str(trained), "--quiet"]
+    assert main(["evaluate", *common, "--data", str(synth_dir), "--out", str(tmp_path / "plain")]) == 0
+    assert main(["evaluate", *common, "--data", str(synth_dir), "--out", str(tmp_path / "io"), "--refine", "8",
+                 "--refine-lr", "0.1", "--refine-reg-weight", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "8 refinement steps per pair (Adam, lr 0.1, diffusion weight 0.5; images only)" in out
+    summary = json.loads((tmp_path / "io" / "summary.json").read_text())
+    assert summary["refinement"] == {"steps": 8, "lr": 0.1, "similarity": "ncc", "regulariser": "diffusion",
+                                     "reg_weight": 0.5, "jacobian_weight": 0.0}
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["refinement"] == {"steps": 0}
+    io_rows = list(csv.DictReader((tmp_path / "io" / "pairs.csv").open()))
+    plain_rows = list(csv.DictReader((tmp_path / "plain" / "pairs.csv").open()))
+    assert [r["sdlogj"] for r in io_rows] != [r["sdlogj"] for r in plain_rows]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("fixed,moving\n" + "".join(f"{r['fixed']}.nii.gz,{r['moving']}.nii.gz\n" for r in io_rows))
+    fields = tmp_path / "fields"
+    assert main(["register", *common, "--pairs", str(pairs), "--images", str(synth_dir / "imagesTr"), "--labels",
+                 str(synth_dir / "labelsTr"), "--out", str(fields), "--fields-only", "--refine", "8", "--refine-lr", "0.1",
+                 "--refine-reg-weight", "0.5"]) == 0
+    for row in io_rows:
+        disp = nib.load(str(fields / f"disp_{row['fixed']}_{row['moving']}.nii.gz")).get_fdata()
+        fl = np.asarray(nib.load(str(synth_dir / "labelsTr" / f"{row['fixed']}.nii.gz")).dataobj)
+        ml = np.asarray(nib.load(str(synth_dir / "labelsTr" / f"{row['moving']}.nii.gz")).dataobj)
+        ml = np.where(np.isin(ml, (0, 1, 2)), ml, 0)
+        assert independent_dice(fl, ml, disp) == pytest.approx(float(row["dice"]), abs=0.005)
+    assert main(["evaluate", *common, "--data", str(synth_dir), "--out", str(tmp_path / "bad"), "--refine", "-1"]) == 2
+    assert "--refine: the number of refinement steps per pair, an int >= 0, got -1" in capsys.readouterr().err
+
+
 def test_register_single_pair(trained, synth_dir, tmp_path):
     assert main(["register", "--checkpoint", str(trained), "--fixed", str(synth_dir / "imagesTr" / "synth_001.nii.gz"),
                  "--moving", str(synth_dir / "imagesTr" / "synth_005.nii.gz"), "--out", str(tmp_path), "--fields-only",
@@ -161,6 +193,9 @@ def test_register_single_pair(trained, synth_dir, tmp_path):
     (["train", "--set", "train.lr=fast"], "train.lr"),
     (["train", "--set", "nonsense"], "expected key=value"),
     (["evaluate", "--checkpoint", "/no/such.pt", "--data", "."], "checkpoint not found"),
+    (["evaluate", "--checkpoint", "/no/such.pt", "--refine-lr", "0.1"], "give --refine N too"),
+    (["register", "--checkpoint", "/no/such.pt", "--out", "x", "--refine-reg-weight", "2"], "give --refine N too"),
+    (["evaluate", "--top", "2", "--refine", "5"], "--refine would be ignored here"),
 ])
 def test_bad_input_is_one_clear_line(argv, fragment, capsys):
     assert main(argv) == 2

@@ -1,0 +1,111 @@
+"""Instance optimisation: refine a network's field on each pair at registration time.
+
+The network's output (a velocity in the diffeomorphic mode, else a displacement) on the
+grid it was trained on is the starting point; a few Adam steps then lower the pair's own
+image loss, ``sim_weight * similarity + reg_weight * regulariser + jacobian_weight *
+negative-Jacobian penalty`` (the checkpoint's loss without its label term: at
+registration time the fixed image has no labels, and the test pairs' labels must never
+steer a field that is scored on them). The refined head output goes through the same
+integration and upsampling as the network's (:func:`regtune.model.velocity_fields`,
+:func:`regtune.model.upsample_field`), so a refined field is in the same convention.
+
+Plain torch; every pair of a batch is optimised independently (its loss depends only on
+its own field, and Adam's step is per element).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .config import LossConfig
+from .losses import total_loss
+from .model import RegNet, downsample_image, upsample_field, velocity_fields, warp
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """How to refine. ``steps``: Adam steps per pair (0 = none); ``lr``: their step size, in
+    voxels of the network's grid; ``reg_weight``: the regulariser's weight during
+    refinement (None = the checkpoint's, or the weight an amortised checkpoint is set to).
+    ``loss``: the loss refinement lowers, set by :meth:`bind` from the checkpoint's."""
+
+    steps: int = 0
+    lr: float = 0.05
+    reg_weight: float | None = None
+    loss: LossConfig | None = None
+
+    def __post_init__(self):
+        from .errors import ConfigError
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"--refine: the number of refinement steps per pair, an int >= 0, got {self.steps!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--refine-lr: must be > 0, got {self.lr!r}")
+        if self.reg_weight is not None and not self.reg_weight >= 0:
+            raise ConfigError(f"--refine-reg-weight: must be >= 0, got {self.reg_weight!r}")
+
+    def bind(self, loss: LossConfig, weights: dict[str, float] | None = None) -> "Refinement":
+        """This refinement with its loss: the checkpoint's ``loss`` at the amortised
+        ``weights`` (``{"loss.reg_weight": ...}``) if any, ``reg_weight`` if given, and no
+        label or inverse-consistency term."""
+        changes = {k.split(".", 1)[1]: float(v) for k, v in (weights or {}).items() if k.startswith("loss.")}
+        if self.reg_weight is not None:
+            changes["reg_weight"] = float(self.reg_weight)
+        changes.update(dice_weight=0.0, ic_weight=0.0)
+        return dataclasses.replace(self, loss=dataclasses.replace(loss, **changes))
+
+    def describe(self) -> str:
+        if not self.steps:
+            return "no refinement"
+        w = f", {self.loss.regulariser} weight {self.loss.reg_weight:g}" if self.loss is not None else ""
+        return f"{self.steps} refinement steps per pair (Adam, lr {self.lr:g}{w}; images only)"
+
+
+def refine_velocity(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, refinement: Refinement,
+                    channels_last: bool = False) -> torch.Tensor:
+    """The network's head output (B, 3, X, Y, Z) for images already on its grid, refined by
+    ``refinement.steps`` Adam steps on each pair's ``refinement.loss``; detached. The
+    model's weights are not touched."""
+    if refinement.steps and refinement.loss is None:
+        raise ValueError("refine_velocity: the refinement has no loss; use Refinement.bind(checkpoint loss config)")
+    with torch.no_grad():
+        fc = fixed.contiguous(memory_format=torch.channels_last_3d) if channels_last else fixed
+        mc = moving.contiguous(memory_format=torch.channels_last_3d) if channels_last else moving
+        v = model.velocity(mc, fc).float()
+    if not refinement.steps:
+        return v
+    steps, k = model.cfg.int_steps, model.cfg.int_downsize
+    v = v.clone().requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=refinement.lr)
+    f32, m32 = fixed.float(), moving.float()
+    with torch.enable_grad():
+        for _ in range(refinement.steps):
+            opt.zero_grad(set_to_none=True)
+            disp = velocity_fields(v, steps, k, backward=False)[0]
+            # summed over the batch: each pair's gradient is its own loss's, whatever the batch size
+            total_loss(refinement.loss, f32, warp(m32, disp), disp).total.mul(v.shape[0]).backward()
+            opt.step()
+    return v.detach()
+
+
+def refine_fields(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int, refinement: Refinement,
+                  channels_last: bool = False, backward: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Full-resolution (forward, backward) displacements of the pairs (``fixed``, ``moving``:
+    (B, 1, X, Y, Z) full-resolution images): :func:`refine_velocity` on the network's grid
+    (1/``downsample``), integrated and upsampled as the network's own field is.
+    ``backward`` is None for a plain-displacement model or when not asked for."""
+    if fixed.ndim != 5 or fixed.shape[1] != 1 or fixed.shape != moving.shape:
+        raise ValueError(f"refine_fields expects fixed and moving of shape (B, 1, X, Y, Z), got {tuple(fixed.shape)} "
+                         f"and {tuple(moving.shape)}")
+    v = refine_velocity(model, downsample_image(fixed, downsample), downsample_image(moving, downsample), refinement,
+                        channels_last)
+    with torch.no_grad():
+        fwd, bwd = velocity_fields(v, model.cfg.int_steps, model.cfg.int_downsize, backward=backward)
+        size = tuple(fixed.shape[2:])
+        return upsample_field(fwd, downsample, size), (upsample_field(bwd, downsample, size) if bwd is not None else None)
+
+
+__all__ = ["Refinement", "refine_fields", "refine_velocity"]
