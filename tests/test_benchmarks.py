@@ -125,3 +125,24 @@ def test_gpu_recipe_is_correct_on_cpu(amp, compile_, synth_dir):
             assert loss.device == t.prep.images.device and math.isfinite(float(loss.detach()))
         assert math.isfinite(float(tr.loss_sum)) and t.steps == 4
         assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+def test_refine_sweep_scores_validation_pairs_only(synth_dir, tmp_path, capsys):
+    """benchmarks.refine_sweep: one row per setting, scored on the checkpoint's validation pairs."""
+    from benchmarks.refine_sweep import main as sweep, parse_settings
+    from regtune.cli import main as cli
+
+    assert parse_settings("0;5,0.1;10,0.05,3") == [(0, 0.05, None), (5, 0.1, None), (10, 0.05, 3.0)]
+    run = tmp_path / "run"
+    assert cli(["train", "--data", str(synth_dir), "--out", str(run), "--quiet", "--set", "model.enc=[8,16,16]",
+                "--set", "model.dec=[16,16,16,16,8]", "--set", "data.val_subjects=3", "--set", "data.test_subjects=2",
+                "--set", "data.val_pairs=3", "--set", "train.steps_per_epoch=4", "--set", "train.epochs=1"]) == 0
+    out = tmp_path / "sweep.json"
+    assert sweep(["--checkpoint", str(run / "best.pt"), "--data", str(synth_dir), "--out", str(out),
+                  "--settings", "0;4,0.1,2"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["steps"], r["lr"]) for r in rows] == [(0, 0.05), (4, 0.1)] and rows[1]["reg_weight"] == 2.0
+    assert rows[0]["dice"] != rows[1]["dice"] or rows[0]["sdlogj"] != rows[1]["sdlogj"]
+    assert all(0 <= r["dice"] <= 1 and -1 <= r["ncc64"] <= 1 for r in rows)
+    split = json.loads((run / "split.json").read_text())
+    assert all(r["pairs"] == len(split["val_pairs"]) for r in rows) and len(split["val_pairs"]) != len(split["test_pairs"])
