@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--refine", type=int, default=0, metavar="N",
                        help="instance optimisation: refine each pair's field with N Adam steps on its own images "
                             "(the checkpoint's similarity + regulariser, no labels), starting from the network's "
-                            "(default 0: the network's field as it is)")
+                            "(default 0: the network's field as it is). On the hippocampus data it paid for a network "
+                            "trained without labels (test Dice +0.046 with 100 steps) and cost the label-trained default "
+                            "(-0.007 with 25): see benchmarks/README.md, 'Instance optimisation'")
         q.add_argument("--refine-lr", type=float, metavar="LR", help="with --refine: Adam's step, in voxels of the "
                        "network's grid (default 0.05)")
         q.add_argument("--refine-reg-weight", type=float, metavar="W", help="with --refine: the regulariser's weight "
