@@ -50,22 +50,13 @@ def cmd_evaluate_top(args: argparse.Namespace) -> int:
     return 0
 
 
-def refine_record(refine) -> dict:
-    """What summary.json records of a refinement."""
-    if not refine.steps:
-        return {"steps": 0}
-    return {"steps": refine.steps, "lr": refine.lr, "similarity": refine.loss.similarity,
-            "regulariser": refine.loss.regulariser, "reg_weight": refine.loss.reg_weight,
-            "jacobian_weight": refine.loss.jacobian_weight}
-
-
 def _refinement(args: argparse.Namespace, ck, weights: dict):
     """The ``--refine*`` flags as a :class:`regtune.refine.Refinement` bound to the
     checkpoint's loss (at the amortised ``weights``)."""
     from .refine import Refinement
 
-    lr = 0.05 if args.refine_lr is None else args.refine_lr
-    return Refinement(steps=args.refine, lr=lr, reg_weight=args.refine_reg_weight).bind(ck.config.loss, weights)
+    lr = {} if args.refine_lr is None else {"lr": args.refine_lr}  # else Refinement's default
+    return Refinement(steps=args.refine, reg_weight=args.refine_reg_weight, **lr).bind(ck.config.loss, weights)
 
 
 def _refuse_unused(args: argparse.Namespace, command: str) -> None:
@@ -135,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     (out / "summary.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "pairs": len(pairs), "pairs_are": what,
                                                   "loss_weights": weights, "epoch": ck.epoch, "steps": ck.extra.get("steps"),
-                                                  "refinement": refine_record(refine), "seconds": round(seconds, 1),
+                                                  "refinement": refine.record(), "seconds": round(seconds, 1),
                                                   "registered": s, "no_registration": b}, indent=1))
     print(f"{len(pairs)} pairs: {what}  ({out / 'pairs.csv'})")
     print(f"checkpoint: epoch {ck.epoch}" + (f", {ck.extra['steps']} steps" if ck.extra.get("steps") else "")

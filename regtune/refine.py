@@ -57,6 +57,13 @@ class Refinement:
         changes.update(dice_weight=0.0, ic_weight=0.0)
         return dataclasses.replace(self, loss=dataclasses.replace(loss, **changes))
 
+    def record(self) -> dict:
+        """What a summary records of this refinement (``{"steps": 0}`` for none)."""
+        if not self.steps:
+            return {"steps": 0}
+        return {"steps": self.steps, "lr": self.lr, "similarity": self.loss.similarity, "regulariser": self.loss.regulariser,
+                "reg_weight": self.loss.reg_weight, "jacobian_weight": self.loss.jacobian_weight}
+
     def describe(self) -> str:
         if not self.steps:
             return "no refinement"
