@@ -69,8 +69,8 @@ def register_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
 
 @torch.no_grad()
 def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int, device: torch.device | str = "cpu",
-                batch_size: int = 4, channels_last: bool = False, refine: Refinement | None = None
-                ) -> list[dict[str, float]]:
+                batch_size: int = 4, channels_last: bool = False, refine: Refinement | None = None,
+                progress: bool = False) -> list[dict[str, float]]:
     """Per pair, what users take for granted of a registration method:
 
     - ``ic_error``: mean |u_fm(x) + u_mf(x + u_fm(x))| in voxels, where u_fm registers the
@@ -85,6 +85,7 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
     With ``refine``, every one of these fields is refined on its own pair.
     """
     out = []
+    bar = progress_bar(progress, len(pairs), "consistency (swapped and self pairs)", "pair")
     for chunk in _batches(pairs, batch_size):
         fixed = vols.images[torch.tensor([p[0] for p in chunk])].to(device)
         moving = vols.images[torch.tensor([p[1] for p in chunk])].to(device)
@@ -100,6 +101,10 @@ def consistency(model: RegNet, vols: Volumes, pairs: list[Pair], downsample: int
             sd = float(self_mag[b][lab].mean()) if bool(lab.any()) else float(self_mag[b].mean())
             dl = dice_per_label(flab[b].numpy(), wself[b].numpy(), vols.label_values)
             out.append({"ic_error": float(ic[b]), "self_disp": sd, "self_dice": nanmean(dl.values())})
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -137,8 +142,10 @@ def evaluate_pairs(model: RegNet | None, vols: Volumes, pairs: list[Pair], downs
     if bar is not None:
         bar.close()
     if with_consistency:
-        extra = consistency(model, vols, pairs, downsample, device, batch_size, channels_last, refine) if model is not None \
-            else [{"ic_error": 0.0, "self_disp": 0.0, "self_dice": 1.0}] * len(rows)
+        if model is None:
+            extra = [{"ic_error": 0.0, "self_disp": 0.0, "self_dice": 1.0}] * len(rows)
+        else:
+            extra = consistency(model, vols, pairs, downsample, device, batch_size, channels_last, refine, progress)
         for r, e in zip(rows, extra):
             r.update(e)
     return rows

@@ -25,3 +25,26 @@ def test_self_registration_dice_is_one_only_when_the_labels_stay_put(vols):
     # the symmetric network returns exactly the identity for identical images, and exact inverses
     assert all(r["self_disp"] == 0.0 and r["self_dice"] == 1.0 for r in sym)
     assert all(r["ic_error"] < 0.2 * p["ic_error"] for r, p in zip(sym, plain))
+
+
+def test_the_consistency_pass_reports_progress_too(vols, monkeypatch):
+    """With refinement the swapped and self pairs take twice the main pass: a user sees both passes move."""
+    import regtune.evaluate as ev
+    from regtune.evaluate import evaluate_pairs
+
+    seen: dict[str, int] = {}
+
+    class Bar:
+        def __init__(self, desc):
+            self.desc = desc
+
+        def update(self, n):
+            seen[self.desc] = seen.get(self.desc, 0) + n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ev, "progress_bar", lambda enabled, total, desc, unit: Bar(desc) if enabled else None)
+    evaluate_pairs(_net(False), vols, [(0, 1), (2, 3), (4, 5)], 2, with_hd95=False, with_consistency=True, progress=True,
+                   batch_size=2)
+    assert seen == {"evaluating": 3, "consistency (swapped and self pairs)": 3}
