@@ -5,9 +5,9 @@ grid it was trained on is the starting point; a few Adam steps then lower the pa
 image loss, ``sim_weight * similarity + reg_weight * regulariser + jacobian_weight *
 negative-Jacobian penalty`` (the checkpoint's loss without its label term: at
 registration time the fixed image has no labels, and the test pairs' labels must never
-steer a field that is scored on them). The refined head output goes through the same
-integration and upsampling as the network's (:func:`regtune.model.velocity_fields`,
-:func:`regtune.model.upsample_field`), so a refined field is in the same convention.
+steer a field that is scored on them). Refinement is a hook in the network's own
+prediction (:func:`regtune.model.predict_fields`'s ``adjust``), so a refined field is
+integrated, upsampled and laid out exactly as the network's.
 
 Plain torch; every pair of a batch is optimised independently (its loss depends only on
 its own field, and Adam's step is per element).
@@ -22,7 +22,7 @@ import torch
 
 from .config import LossConfig
 from .losses import total_loss
-from .model import RegNet, downsample_image, upsample_field, velocity_fields, warp
+from .model import RegNet, predict_fields, velocity_fields, warp
 
 
 @dataclass(frozen=True)
@@ -71,23 +71,20 @@ class Refinement:
         return f"{self.steps} refinement steps per pair (Adam, lr {self.lr:g}{w}; images only)"
 
 
-def refine_velocity(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, refinement: Refinement,
-                    channels_last: bool = False) -> torch.Tensor:
-    """The network's head output (B, 3, X, Y, Z) for images already on its grid, refined by
-    ``refinement.steps`` Adam steps on each pair's ``refinement.loss``; detached. The
-    model's weights are not touched."""
+def refine_velocity(model: RegNet, v: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor,
+                    refinement: Refinement) -> torch.Tensor:
+    """The network's head output ``v`` (B, 3, X, Y, Z) for the pairs (``fixed``, ``moving``,
+    on the network's grid), refined by ``refinement.steps`` Adam steps on each pair's
+    ``refinement.loss``; detached. The model's weights are not touched."""
     if refinement.steps and refinement.loss is None:
         raise ValueError("refine_velocity: the refinement has no loss; use Refinement.bind(checkpoint loss config)")
-    with torch.no_grad():
-        fc = fixed.contiguous(memory_format=torch.channels_last_3d) if channels_last else fixed
-        mc = moving.contiguous(memory_format=torch.channels_last_3d) if channels_last else moving
-        v = model.velocity(mc, fc).float()
+    v = v.detach().float()
     if not refinement.steps:
         return v
     steps, k = model.cfg.int_steps, model.cfg.int_downsize
     v = v.clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=refinement.lr)
-    f32, m32 = fixed.float(), moving.float()
+    f32, m32 = fixed.detach().float(), moving.detach().float()
     with torch.enable_grad():
         for _ in range(refinement.steps):
             opt.zero_grad(set_to_none=True)
@@ -101,18 +98,16 @@ def refine_velocity(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, re
 def refine_fields(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int, refinement: Refinement,
                   channels_last: bool = False, backward: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Full-resolution (forward, backward) displacements of the pairs (``fixed``, ``moving``:
-    (B, 1, X, Y, Z) full-resolution images): :func:`refine_velocity` on the network's grid
-    (1/``downsample``), integrated and upsampled as the network's own field is.
-    ``backward`` is None for a plain-displacement model or when not asked for."""
+    (B, 1, X, Y, Z) full-resolution images): the network's own prediction
+    (:func:`regtune.model.predict_fields`) with its head output refined on the network's
+    grid by :func:`refine_velocity`. ``backward`` is None for a plain-displacement model
+    or when not asked for."""
     if fixed.ndim != 5 or fixed.shape[1] != 1 or fixed.shape != moving.shape:
         raise ValueError(f"refine_fields expects fixed and moving of shape (B, 1, X, Y, Z), got {tuple(fixed.shape)} "
                          f"and {tuple(moving.shape)}")
-    v = refine_velocity(model, downsample_image(fixed, downsample), downsample_image(moving, downsample), refinement,
-                        channels_last)
     with torch.no_grad():
-        fwd, bwd = velocity_fields(v, model.cfg.int_steps, model.cfg.int_downsize, backward=backward)
-        size = tuple(fixed.shape[2:])
-        return upsample_field(fwd, downsample, size), (upsample_field(bwd, downsample, size) if bwd is not None else None)
+        return predict_fields(model, fixed, moving, downsample, channels_last, backward,
+                              adjust=lambda v, f, m: refine_velocity(model, v, f, m, refinement))
 
 
 __all__ = ["Refinement", "refine_fields", "refine_velocity"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .transform import downsample_image, upsample_field, velocity_fields
+
+# (head output, fixed, moving), all on the network's grid -> the head output to integrate
+Adjust = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def conv(fn, x: torch.Tensor) -> torch.Tensor:
@@ -136,21 +141,29 @@ class RegNet(nn.Module):
 
 
 def predict_field(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int,
-                  channels_last: bool = False) -> torch.Tensor:
+                  channels_last: bool = False, adjust: Adjust | None = None) -> torch.Tensor:
     """Full-resolution voxel displacement (B, 3, X, Y, Z) for full-resolution images.
 
     The network runs at 1/``downsample`` resolution (as it was trained) and its field is
-    upsampled to the input grid.
+    upsampled to the input grid; ``adjust`` as in :func:`predict_fields`.
     """
-    return predict_fields(model, fixed, moving, downsample, channels_last, backward=False)[0]
+    return predict_fields(model, fixed, moving, downsample, channels_last, backward=False, adjust=adjust)[0]
 
 
 def predict_fields(model: RegNet, fixed: torch.Tensor, moving: torch.Tensor, downsample: int,
-                   channels_last: bool = False, backward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Full-resolution (forward, backward) displacements, see :meth:`RegNet.fields`."""
+                   channels_last: bool = False, backward: bool = True, adjust: Adjust | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Full-resolution (forward, backward) displacements, see :meth:`RegNet.fields`.
+
+    ``adjust(v, fixed, moving) -> v``, when given, replaces the network's head output ``v``
+    (on its own grid, with the images on that grid) before integration: the hook
+    :mod:`regtune.refine` refines each pair's field through."""
     f, m = downsample_image(fixed, downsample), downsample_image(moving, downsample)
     if channels_last:
         f, m = f.contiguous(memory_format=torch.channels_last_3d), m.contiguous(memory_format=torch.channels_last_3d)
-    fwd, bwd = model.fields(m, f, backward=backward)
+    if adjust is None:
+        fwd, bwd = model.fields(m, f, backward=backward)
+    else:
+        fwd, bwd = velocity_fields(adjust(model.velocity(m, f), f, m), model.cfg.int_steps, model.cfg.int_downsize, backward)
     size = tuple(fixed.shape[2:])
     return upsample_field(fwd, downsample, size), (upsample_field(bwd, downsample, size) if bwd is not None else None)
