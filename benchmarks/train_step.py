@@ -58,13 +58,18 @@ ALL_VS_ALL_PAIRS_NOTE = "all-vs-all epoch = n_train x (n_train - 1) pairs x best
 def recipe(dec: tuple[int, ...] = ARCHS["vxm-default arch"], batch: int = 1, channels_last: bool = True, amp: bool = False,
            compile: bool = False, seed: int = 0, int_steps: int = INT_STEPS, enc: tuple[int, ...] = ENC):
     """The benchmark's recipe as a regtune config: MSE + 0.01 x diffusion, Adam 1e-4, full
-    resolution (no downsampling), no Dice term, no augmentation."""
-    from regtune.config import Config
+    resolution (no downsampling), no Dice term, and none of what the peers' steps lack: no
+    augmentation (every ``aug.*`` key 0, whatever the product's defaults are) and no weight
+    average (``train.ema=0``)."""
+    from dataclasses import fields
+
+    from regtune.config import AugConfig, Config
+    no_aug = {f"aug.{f.name}": 0.0 for f in fields(AugConfig)}
     return Config().with_values({
         "model.enc": list(enc), "model.dec": list(dec), "model.int_steps": int_steps, "data.downsample": 1,
         "loss.similarity": "mse", "loss.reg_weight": REG_WEIGHT, "loss.dice_weight": 0.0, "train.lr": LR,
         "train.batch_size": batch, "train.channels_last": channels_last, "train.amp": amp, "train.compile": compile,
-        "train.seed": seed, "train.grad_clip": 0.0})
+        "train.seed": seed, "train.grad_clip": 0.0, "train.ema": 0.0, **no_aug})
 
 
 class RegtuneStep:

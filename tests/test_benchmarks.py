@@ -97,6 +97,8 @@ def test_the_benchmark_times_the_products_own_step(synth_dir):
     from regtune.trainer import Trainer
     tr = RegtuneStep(load_folder(synth_dir, DataConfig()), dec=(8, 8, 8, 8), enc=(4, 8, 8, 8), batch=2, int_steps=2)
     assert type(tr.trainer) is Trainer and tr.trainer.cfg.loss.similarity == "mse" and tr.trainer.cfg.data.downsample == 1
+    # the peers' steps neither augment nor average weights: neither may regtune's, whatever the product's defaults
+    assert tr.trainer.augment is None and tr.trainer.ema is None and not tr.trainer.cfg.aug.any
     tr.step()
     assert tr.trainer.steps == 1
 
