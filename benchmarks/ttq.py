@@ -2,8 +2,9 @@
 
 - regtune: the default CPU recipe, i.e. ``regtune train --data DATA --max-minutes M`` then
   ``regtune evaluate`` of ``best.pt`` (library calls: :func:`regtune.train.train` with the
-  default :class:`~regtune.config.Config`: 32^3 training, LNCC + diffusion 1.0 + Dice loss
-  on the training labels, batch 4, channels_last_3d, Adam 1e-3, 7 integration steps).
+  default :class:`~regtune.config.Config`, whatever it is when run: today 32^3 training,
+  LNCC + diffusion 1.0 + Dice loss (weight 3) on the training labels, on-the-fly
+  augmentation, a weight average, batch 4, channels_last_3d, Adam 1e-3, 7 integration steps).
   Its per-epoch validation runs inside the budget.
 - voxelmorph: the package's documented default recipe. ``VxmPairwise(ndim=3, 1, 1)`` with
   its defaults (features 16 x 5, 5 integration steps, ReLU, linear upsampling) at full
